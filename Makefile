@@ -1,0 +1,39 @@
+# Two commands on a fresh machine:
+#   make run    create .venv from the pinned files (first time) and run the tiny pipeline
+#   make test   create .venv likewise and run the test suite
+PYTHON ?= python3
+VENV ?= .venv
+CORES ?= all
+SNAKEMAKE_ARGS ?=
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: run test test-fast dry-run lock clean-results
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check \
+		-c constraints.txt -e '.[dev]'
+	touch $@
+
+run: $(STAMP)
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/snakemake --cores $(CORES) $(SNAKEMAKE_ARGS)
+
+dry-run: $(STAMP)
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/snakemake -n $(SNAKEMAKE_ARGS)
+
+test: $(STAMP)
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest
+
+test-fast: $(STAMP)
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -m "not slow"
+
+# Re-pin every installed package (after changing a version in pyproject.toml).
+lock: $(STAMP)
+	{ echo "# Pinned versions for every package the project installs (CPU torch from the local wheel)."; \
+	  echo "# Regenerate with: make lock"; \
+	  $(BIN)/python -m pip freeze --exclude-editable | grep -v -E '^(torch|opd)=='; \
+	  echo "torch==2.13.0"; } | LC_ALL=C sort -f > constraints.txt
+
+clean-results:
+	rm -rf results/world results/models results/tables results/logs .snakemake

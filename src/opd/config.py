@@ -1,0 +1,87 @@
+"""Config validation against ``workflow/schemas/config.schema.yaml`` with default filling.
+
+Used by the Snakefile (before any job runs) and by the tests. Errors name the offending key
+by its dotted path, e.g. ``tiny_world.dapo: -1 is less than the minimum of 1``.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+SCHEMA_PATH = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
+
+
+class ConfigError(ValueError):
+    """The config does not match the schema; the message names the key."""
+
+
+def load_schema(path: Path = SCHEMA_PATH) -> dict[str, Any]:
+    return yaml.safe_load(path.read_text())
+
+
+def _with_defaults(validator_class: type) -> type:
+    """A validator class that writes each property's ``default`` into the instance."""
+    validate_properties = validator_class.VALIDATORS["properties"]
+
+    def set_defaults(validator, properties, instance, schema):
+        if isinstance(instance, dict):
+            for name, sub in properties.items():
+                if "default" in sub and name not in instance:
+                    instance[name] = copy.deepcopy(sub["default"])
+        yield from validate_properties(validator, properties, instance, schema)
+
+    return jsonschema.validators.extend(validator_class, {"properties": set_defaults})
+
+
+def _key(error: jsonschema.ValidationError) -> str:
+    path = ".".join(str(p) for p in error.absolute_path)
+    if error.validator == "additionalProperties":
+        unknown = sorted(set(error.instance) - set(error.schema.get("properties", {})))
+        if unknown:
+            where = f"{path}." if path else ""
+            return ", ".join(f"{where}{u}" for u in unknown)
+    return path or "<top level>"
+
+
+def validate(config: dict[str, Any], schema: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Fill defaults into ``config`` in place and return it; raise ConfigError if invalid."""
+    schema = schema or load_schema()
+    cls = _with_defaults(jsonschema.validators.validator_for(schema))
+    errors = sorted(cls(schema).iter_errors(config), key=lambda e: list(e.absolute_path))
+    if errors:
+        lines = []
+        for e in errors:
+            if e.validator == "additionalProperties":
+                lines.append(f"{_key(e)}: unknown key (not in the config schema)")
+            else:
+                lines.append(f"{_key(e)}: {e.message}")
+        raise ConfigError("invalid config:\n  " + "\n  ".join(lines))
+    _check_references(config)
+    return config
+
+
+def _check_references(config: dict[str, Any]) -> None:
+    """Cross-references the schema cannot express: recipe arch and init names."""
+    tiny = config.get("tiny_models", {})
+    archs, models = tiny.get("archs", {}), tiny.get("models", {})
+    for name, recipe in models.items():
+        if recipe["arch"] not in archs:
+            raise ConfigError(f"tiny_models.models.{name}.arch: unknown arch {recipe['arch']!r}"
+                              f" (known: {', '.join(sorted(archs)) or 'none'})")
+        if recipe.get("init") is not None and recipe["init"] not in models:
+            raise ConfigError(f"tiny_models.models.{name}.init: unknown model {recipe['init']!r}")
+        lo, hi = recipe["difficulty"]
+        if lo > hi:
+            raise ConfigError(f"tiny_models.models.{name}.difficulty: [{lo}, {hi}] is empty")
+
+
+def load(path: Path | str, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Read a YAML config, apply top-level overrides, validate and fill defaults."""
+    config = yaml.safe_load(Path(path).read_text()) or {}
+    config.update(overrides or {})
+    return validate(config)

@@ -1,0 +1,50 @@
+"""Grading of model responses: the last \\boxed{...} answer, checked with math-verify."""
+
+from __future__ import annotations
+
+import logging
+
+from math_verify import parse, verify
+from math_verify.parser import ExprExtractionConfig, LatexExtractionConfig
+
+logging.getLogger("math_verify").setLevel(logging.ERROR)
+
+
+def last_boxed(text: str) -> str | None:
+    """Content of the last \\boxed{...} (or \\fbox{...}) in ``text``, braces balanced."""
+    start = max(text.rfind("\\boxed"), text.rfind("\\fbox"))
+    if start < 0:
+        return None
+    i = text.find("{", start)
+    if i < 0:
+        return None
+    depth = 0
+    for j in range(i, len(text)):
+        if text[j] == "{":
+            depth += 1
+        elif text[j] == "}":
+            depth -= 1
+            if depth == 0:
+                return text[i + 1:j]
+    return None  # unbalanced: the answer was cut off
+
+
+def is_correct(response: str, gold: str, timeout_seconds: int = 5) -> bool:
+    """True when the last boxed answer of ``response`` equals ``gold`` mathematically.
+
+    Never raises: unparsable or odd output (and math-verify time-outs) grade as wrong.
+    """
+    boxed = last_boxed(response)
+    if boxed is None or not boxed.strip():
+        return False
+    try:
+        pred = parse("$" + boxed + "$",
+                     extraction_config=[LatexExtractionConfig(), ExprExtractionConfig()],
+                     parsing_timeout=timeout_seconds)
+        target = parse("$" + gold + "$",
+                       extraction_config=[LatexExtractionConfig(), ExprExtractionConfig()],
+                       parsing_timeout=timeout_seconds)
+        return bool(pred) and bool(target) and bool(verify(target, pred,
+                                                            timeout_seconds=timeout_seconds))
+    except Exception:  # math-verify raises on pathological input; that answer is wrong
+        return False

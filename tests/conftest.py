@@ -1,0 +1,44 @@
+"""Shared fixtures: a small tiny world and tokenizer, built once per test session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parents[1]
+
+SMALL_WORLD = {
+    "seed": 7,
+    "openthoughts_math": 60,
+    "openthoughts_nonmath": 10,
+    "openthoughts_duplicates": 5,
+    "dapo": 50,
+    "deepmath": 40,
+    "deepmath_exact_dups": 8,
+    "deepmath_paraphrase_dups": 6,
+    "probe_per_level": 4,
+    "benchmarks": {"aime24": 6, "aime25": 6, "amc23": 8},
+}
+
+
+@pytest.fixture(scope="session")
+def small_world(tmp_path_factory) -> Path:
+    from opd.build_tiny_world import build
+
+    out = tmp_path_factory.mktemp("world")
+    build(out, SMALL_WORLD)
+    return out
+
+
+@pytest.fixture(scope="session")
+def small_tokenizer(small_world, tmp_path_factory) -> Path:
+    from opd.build_tiny_tokenizer import main
+
+    out = tmp_path_factory.mktemp("tok") / "tokenizer"
+    main(["--world", str(small_world), "--out", str(out), "--params", '{"vocab_size": 600}'])
+    return out

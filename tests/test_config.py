@@ -1,0 +1,98 @@
+"""Config validation: both shipped configs pass, bad keys and types fail naming the key."""
+
+from __future__ import annotations
+
+import copy
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from opd.config import ConfigError, load, validate
+
+from conftest import REPO
+
+
+@pytest.fixture(scope="module")
+def tiny() -> dict:
+    return yaml.safe_load((REPO / "config/config.yaml").read_text())
+
+
+@pytest.mark.parametrize("name", ["config.yaml", "paper.yaml"])
+def test_shipped_configs_validate(name):
+    cfg = load(REPO / "config" / name)
+    assert cfg["world"] in ("tiny", "paper")
+
+
+def test_defaults_are_filled(tiny):
+    cfg = validate(copy.deepcopy({"world": "tiny"}))
+    assert cfg["opd"]["top_k"] == 16
+    assert cfg["opd"]["lr"] == 1e-6
+    assert cfg["opd"]["kl_coef"] == 0.0
+    assert cfg["opd"]["responses_per_prompt"] == 4 and cfg["opd"]["prompts_per_step"] == 64
+    assert cfg["tiny_world"]["dapo"] == 400
+    assert cfg["resources"]["default"]["gpu"] == 0
+
+
+@pytest.mark.parametrize("mutate, key", [
+    (lambda c: c.update(bogus=1), "bogus"),
+    (lambda c: c["tiny_world"].update(dapoo=3), "tiny_world.dapoo"),
+    (lambda c: c["tiny_world"].update(dapo="many"), "tiny_world.dapo"),
+    (lambda c: c["tiny_world"].update(dapo=-1), "tiny_world.dapo"),
+    (lambda c: c["opd"].update(lr=-1e-6), "opd.lr"),
+    (lambda c: c["opd"].update(variant="forward"), "opd.variant"),
+    (lambda c: c["tiny_models"]["models"]["base"].update(pattern="zigzag"),
+     "tiny_models.models.base.pattern"),
+    (lambda c: c["tiny_models"]["models"]["base"].update(arch="huge"),
+     "tiny_models.models.base.arch"),
+    (lambda c: c["tiny_models"]["models"]["student"].update(init="nobody"),
+     "tiny_models.models.student.init"),
+    (lambda c: c["datasets"].update(dapo={"path": "x", "hub_id": "y"}), "datasets.dapo"),
+])
+def test_bad_config_names_the_key(tiny, mutate, key):
+    cfg = copy.deepcopy(tiny)
+    mutate(cfg)
+    with pytest.raises(ConfigError) as err:
+        validate(cfg)
+    assert key in str(err.value)
+
+
+def _snakemake(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    exe = Path(sys.executable).with_name("snakemake")
+    env = {**os.environ, "PATH": f"{exe.parent}{os.pathsep}{os.environ['PATH']}"}
+    return subprocess.run([str(exe), *args], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=300)
+
+
+@pytest.fixture()
+def workdir(tmp_path) -> Path:
+    for item in ("Snakefile", "workflow", "config"):
+        src = REPO / item
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, tmp_path / item)
+    return tmp_path
+
+
+def test_dry_run_shows_the_tiny_dag(workdir):
+    proc = _snakemake(["-n", "--quiet", "rules"], workdir)
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout + proc.stderr
+    for rule in ("build_tiny_world", "build_tiny_tokenizer", "build_tiny_models",
+                 "tiny_model_card", "tiny_models_table"):
+        assert rule in out
+
+
+def test_bad_config_stops_before_any_job(workdir):
+    proc = _snakemake(["--cores", "1", "--config", "tiny_world={'dapo': -5}"], workdir)
+    assert proc.returncode != 0
+    assert "tiny_world.dapo" in proc.stderr + proc.stdout
+    assert not (workdir / "results").exists()
+
+
+def test_paper_config_replaces_the_tiny_default(workdir):
+    proc = _snakemake(["-n", "--configfile", "config/paper.yaml"], workdir)
+    assert proc.returncode == 0, proc.stderr
+    assert "build_tiny_world" not in proc.stdout  # the paper world builds no tiny data

@@ -1,0 +1,73 @@
+"""Problem generator and the two thinking patterns, checked by independent arithmetic."""
+
+from __future__ import annotations
+
+import random
+import re
+
+import pytest
+
+from opd.tiny.problems import (
+    MAX_VALUE, PATTERNS, SCENARIOS, FRAME_POOLS, detect_pattern, paraphrase, render,
+    sample_problem, solution,
+)
+
+
+@pytest.mark.parametrize("difficulty", [1, 2, 3, 4, 5])
+def test_values_stay_in_range_and_difficulty_is_chain_length(difficulty):
+    rng = random.Random(difficulty)
+    for _ in range(300):
+        p = sample_problem(rng, difficulty)
+        assert len(p.ops) == difficulty
+        assert all(0 <= v <= MAX_VALUE for v in p.values())
+
+
+def test_bad_difficulty():
+    with pytest.raises(ValueError, match="difficulty"):
+        sample_problem(random.Random(0), 6)
+
+
+def test_chain_solution_lines_are_true_equations():
+    rng = random.Random(1)
+    for _ in range(200):
+        p = sample_problem(rng, rng.randint(1, 5))
+        lines = solution(p, "chain").splitlines()
+        assert len(lines) == p.difficulty + 1
+        for line in lines[:-1]:
+            a, op, b, eq, c = line.split()
+            assert eq == "=" and eval(f"{a}{op}{b}") == int(c)  # noqa: S307 - digits only
+        assert lines[-1] == f"The answer is \\boxed{{{p.answer}}}."
+
+
+def test_tally_solution_tracks_the_same_values():
+    rng = random.Random(2)
+    words = {"add": "+", "sub": "-", "times": "*"}
+    for _ in range(200):
+        p = sample_problem(rng, rng.randint(1, 5))
+        lines = solution(p, "tally").splitlines()
+        value = int(lines[0].removeprefix("start: "))
+        for line in lines[1:-1]:
+            word, b, arrow, c = line.split()
+            value = eval(f"{value}{words[word]}{b}")  # noqa: S307 - digits only
+            assert arrow == "->" and value == int(c)
+        assert lines[-1] == f"Final: \\boxed{{{value}}}" and value == p.answer
+
+
+def test_patterns_are_told_apart():
+    p = sample_problem(random.Random(3), 3)
+    assert [detect_pattern(solution(p, pat)) for pat in PATTERNS] == list(PATTERNS)
+    assert detect_pattern("I think it is 4") is None
+
+
+def test_every_frame_states_the_start_and_the_ops():
+    rng = random.Random(4)
+    p = sample_problem(rng, 4)
+    for pool, frames in FRAME_POOLS.items():
+        for frame in frames:
+            text = render(p, SCENARIOS[pool][0], frame)
+            assert p.ops_text() in text and str(p.start) in text
+    for frame in FRAME_POOLS["story"]:
+        para = paraphrase(p, SCENARIOS["story"][0], frame)
+        assert p.ops_text() in para and para != render(p, SCENARIOS["story"][0], frame)
+    ops = re.findall(r"[+\-*]\d", p.ops_text())
+    assert len(ops) == 4

@@ -1,0 +1,67 @@
+"""The whole tiny pipeline through Snakemake, in a scratch copy of the workflow (slow)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pandas as pd
+import pytest
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from conftest import REPO
+from test_config import _snakemake
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    work = tmp_path_factory.mktemp("e2e")
+    for item in ("Snakefile", "workflow", "config"):
+        src = REPO / item
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, work / item)
+    proc = _snakemake(["--cores", "2"], work)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return work
+
+
+def test_every_model_has_a_card_and_the_table_exists(finished_run):
+    cfg_models = ["base", "student", "teacher_strong", "teacher_nonew", "teacher_mismatch",
+                  "teacher_small"]
+    for m in cfg_models:
+        card = json.loads((finished_run / f"results/models/tiny/{m}.card.json").read_text())
+        assert set(card["benchmarks"]) == {"aime24", "aime25", "amc23"}
+        assert 0.0 <= card["probe"]["accuracy"] <= 1.0
+        assert card["recipe"]["train_seconds"] < 180  # each build stays near two minutes
+    table = pd.read_csv(finished_run / "results/tables/tiny_models.csv")
+    assert sorted(table["model"]) == sorted(cfg_models)
+    assert (finished_run / "results/tables/tiny_models.md").read_text().startswith("# Tiny models")
+
+
+def test_intended_orderings_hold(finished_run):
+    checks = json.loads((finished_run / "results/models/tiny/orderings.json").read_text())
+    failing = [c["claim"] for c in checks["checks"] if not c["holds"]]
+    assert checks["all_hold"], failing
+
+
+def test_models_reload_offline_and_answer(finished_run):
+    from opd.generation import Sampling, generate
+    from opd.grading import is_correct
+    from opd.prompts import EVAL_SUFFIX, chat_prompt
+
+    path = finished_run / "results/models/tiny/teacher_strong"
+    model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True)
+    tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    from opd.tiny.problems import SCENARIOS, Problem, render
+
+    problem = render(Problem(4, (("+", 3), ("*", 2))), SCENARIOS["contest"][1], 5)
+    out = generate(model, tok, [chat_prompt(tok, problem + EVAL_SUFFIX)],
+                   Sampling(max_new_tokens=40, temperature=0.0), progress=False)[0][0]
+    assert is_correct(out.text, "14"), out.text
+
+
+def test_rerun_is_a_no_op(finished_run):
+    proc = _snakemake(["-n", "--quiet"], finished_run)
+    assert proc.returncode == 0
+    assert "Nothing to be done" in proc.stdout + proc.stderr

@@ -1,0 +1,72 @@
+# Shared helpers: config validation (before any job runs), resources, logs, environment.
+import json
+import os
+import shlex
+
+from opd.config import ConfigError, validate
+
+try:
+    validate(config)
+except ConfigError as err:
+    raise WorkflowError(str(err)) from None
+
+RESULTS = "results"
+TINY_WORLD_DIR = f"{RESULTS}/world/tiny"
+TINY_MODELS_DIR = f"{RESULTS}/models/tiny"
+TINY_WORLD_FILES = [
+    "openthoughts", "dapo", "deepmath", "deepmath_planted", "probe", "aime24", "aime25", "amc23",
+]
+
+# Every job: offline hub, optional HF_HOME. Exported here so `shell:` inherits it.
+if config["offline"]:
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ["HF_DATASETS_OFFLINE"] = "1"
+    os.environ["TRANSFORMERS_OFFLINE"] = "1"
+if config["hf_home"]:
+    os.environ["HF_HOME"] = config["hf_home"]
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def as_json(obj):
+    """A config section as JSON, for `--params {params.cfg:q}` (shell-quoted by Snakemake)."""
+    return json.dumps(obj, sort_keys=True)
+
+
+def res(rule_name, key):
+    """A resource for a rule: its own entry in config.resources.rules, else the default."""
+    own = config["resources"]["rules"].get(rule_name, {})
+    value = own.get(key, config["resources"]["default"].get(key))
+    if value is None and key in ("slurm_partition", "slurm_account", "gpu_model"):
+        return ""
+    return value
+
+
+def log_path(rule_name, stem="{wildcards}"):
+    return f"{RESULTS}/logs/{rule_name}/{stem}.log"
+
+
+def bench_path(rule_name, stem="{wildcards}"):
+    return f"{RESULTS}/logs/{rule_name}/{stem}.benchmark.tsv"
+
+
+def tiny_models():
+    return list(config["tiny_models"]["models"])
+
+
+def tiny_model_init(wildcards):
+    init = config["tiny_models"]["models"][wildcards.model]["init"]
+    return [f"{TINY_MODELS_DIR}/{init}"] if init else []
+
+
+def tiny_recipe(wildcards):
+    recipe = dict(config["tiny_models"]["models"][wildcards.model])
+    recipe["arch"] = config["tiny_models"]["archs"][recipe["arch"]]
+    return recipe
+
+
+def all_targets():
+    targets = []
+    if config["world"] == "tiny":
+        targets += [f"{TINY_MODELS_DIR}/{m}.card.json" for m in tiny_models()]
+        targets += [f"{RESULTS}/tables/tiny_models.md", f"{RESULTS}/tables/tiny_models.csv"]
+    return targets

@@ -1,0 +1,123 @@
+# The tiny world (world: tiny): synthetic data in the real HF schemas, a BPE tokenizer and
+# tiny Qwen3-architecture models, each checked on the tiny benchmarks.
+
+
+rule build_tiny_world:
+    output:
+        expand(f"{TINY_WORLD_DIR}/{{name}}.parquet", name=TINY_WORLD_FILES),
+        f"{TINY_WORLD_DIR}/heldout.json",
+        f"{TINY_WORLD_DIR}/manifest.json",
+    params:
+        cfg=as_json(config["tiny_world"]),
+        out=TINY_WORLD_DIR,
+    log:
+        log_path("build_tiny_world", "world"),
+    benchmark:
+        bench_path("build_tiny_world", "world")
+    threads: 1
+    resources:
+        mem_mb=res("build_tiny_world", "mem_mb"),
+        runtime=res("build_tiny_world", "runtime"),
+        gpu=0,
+    shell:
+        "python -m opd.build_tiny_world --out {params.out:q} --params {params.cfg:q}"
+        " > {log:q} 2>&1"
+
+
+rule build_tiny_tokenizer:
+    input:
+        rules.build_tiny_world.output,
+    output:
+        directory(f"{TINY_MODELS_DIR}/tokenizer"),
+    params:
+        cfg=as_json(config["tiny_models"]["tokenizer"]),
+        world=TINY_WORLD_DIR,
+    log:
+        log_path("build_tiny_tokenizer", "tokenizer"),
+    benchmark:
+        bench_path("build_tiny_tokenizer", "tokenizer")
+    threads: 1
+    resources:
+        mem_mb=res("build_tiny_tokenizer", "mem_mb"),
+        runtime=res("build_tiny_tokenizer", "runtime"),
+        gpu=0,
+    shell:
+        "python -m opd.build_tiny_tokenizer --world {params.world:q} --out {output:q}"
+        " --params {params.cfg:q} > {log:q} 2>&1"
+
+
+rule build_tiny_models:
+    input:
+        world=f"{TINY_WORLD_DIR}/heldout.json",
+        tokenizer=f"{TINY_MODELS_DIR}/tokenizer",
+        init=tiny_model_init,
+    output:
+        directory(f"{TINY_MODELS_DIR}/{{model}}"),
+    wildcard_constraints:
+        model="|".join(tiny_models()) or "__none__",
+    params:
+        cfg=lambda w: as_json(tiny_recipe(w)),
+        world=TINY_WORLD_DIR,
+        init=lambda w, input: f"--init {shlex.quote(input.init[0])}" if input.init else "",
+    log:
+        log_path("build_tiny_models", "{model}"),
+    benchmark:
+        bench_path("build_tiny_models", "{model}")
+    threads: res("build_tiny_models", "threads")
+    resources:
+        mem_mb=res("build_tiny_models", "mem_mb"),
+        runtime=res("build_tiny_models", "runtime"),
+        gpu=0,
+    shell:
+        "python -m opd.build_tiny_models --world {params.world:q} --tokenizer {input.tokenizer:q}"
+        " --out {output:q} --params {params.cfg:q} {params.init} --threads {threads}"
+        " > {log:q} 2>&1"
+
+
+rule tiny_model_card:
+    input:
+        model=f"{TINY_MODELS_DIR}/{{model}}",
+        world=rules.build_tiny_world.output,
+    output:
+        f"{TINY_MODELS_DIR}/{{model}}.card.json",
+    wildcard_constraints:
+        model="|".join(tiny_models()) or "__none__",
+    params:
+        cfg=as_json({**config["tiny_models"]["card"], "benchmarks": config["benchmarks"],
+                     "seed": config["seed"]}),
+        world=TINY_WORLD_DIR,
+    log:
+        log_path("tiny_model_card", "{model}"),
+    benchmark:
+        bench_path("tiny_model_card", "{model}")
+    threads: 1
+    resources:
+        mem_mb=res("tiny_model_card", "mem_mb"),
+        runtime=res("tiny_model_card", "runtime"),
+        gpu=0,
+    shell:
+        "python -m opd.tiny_model_card --model {input.model:q} --world {params.world:q}"
+        " --out {output:q} --params {params.cfg:q} --threads {threads} > {log:q} 2>&1"
+
+
+rule tiny_models_table:
+    input:
+        expand(f"{TINY_MODELS_DIR}/{{model}}.card.json", model=tiny_models()),
+    output:
+        md=f"{RESULTS}/tables/tiny_models.md",
+        csv=f"{RESULTS}/tables/tiny_models.csv",
+        checks=f"{TINY_MODELS_DIR}/orderings.json",
+    params:
+        cfg=as_json(config["tiny_models"]["checks"]),
+    log:
+        log_path("tiny_models_table", "table"),
+    benchmark:
+        bench_path("tiny_models_table", "table")
+    threads: 1
+    resources:
+        mem_mb=res("tiny_models_table", "mem_mb"),
+        runtime=res("tiny_models_table", "runtime"),
+        gpu=0,
+    shell:
+        "python -m opd.tiny_models_table --cards {input:q} --md {output.md:q}"
+        " --csv {output.csv:q} --checks {output.checks:q} --params {params.cfg:q} > {log:q} 2>&1"
