@@ -49,8 +49,8 @@ def table(cards: dict[str, dict[str, Any]]) -> pd.DataFrame:
     for name, c in cards.items():
         row = {"model": name, "role": c["recipe"].get("role", ""),
                "pattern": c["recipe"]["pattern"],
-               "trained_steps": f"{c['recipe']['difficulty'][0]}-{c['recipe']['difficulty'][1]}",
-               "params": c["recipe"]["parameters"],
+               "chain_lengths": f"{c['recipe']['difficulty'][0]}-{c['recipe']['difficulty'][1]}",
+               "parameters": c["recipe"]["parameters"],
                "probe": c["probe"]["accuracy"]}
         row.update({f"probe_d{d}": v for d, v in c["probe"]["by_difficulty"].items()})
         row.update({name_: b["accuracy"] for name_, b in c["benchmarks"].items()})
