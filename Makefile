@@ -8,7 +8,7 @@ SNAKEMAKE_ARGS ?=
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-fast dry-run lock clean-results
+.PHONY: run test test-fast dry-run bench-faiss lock clean-results
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -27,6 +27,10 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -m "not slow"
+
+# Benchmarks write results/benchmarks/*.json and *.md (not part of the test suite).
+bench-faiss: $(STAMP)
+	$(BIN)/python benchmarks/faiss_search.py
 
 # Re-pin every installed package (after changing a version in pyproject.toml).
 lock: $(STAMP)

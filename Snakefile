@@ -10,6 +10,7 @@ if not workflow.overwrite_configfiles:
 
 include: "workflow/rules/common.smk"
 include: "workflow/rules/tiny.smk"
+include: "workflow/rules/data.smk"
 
 
 rule all:

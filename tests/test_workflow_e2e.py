@@ -33,7 +33,6 @@ def test_every_model_has_a_card_and_the_table_exists(finished_run):
         card = json.loads((finished_run / f"results/models/tiny/{m}.card.json").read_text())
         assert set(card["benchmarks"]) == {"aime24", "aime25", "amc23"}
         assert 0.0 <= card["probe"]["accuracy"] <= 1.0
-        assert card["recipe"]["train_seconds"] < 180  # each build stays near two minutes
     table = pd.read_csv(finished_run / "results/tables/tiny_models.csv")
     assert sorted(table["model"]) == sorted(cfg_models)
     assert (finished_run / "results/tables/tiny_models.md").read_text().startswith("# Tiny models")

@@ -64,8 +64,25 @@ def tiny_recipe(wildcards):
     return recipe
 
 
+def dataset_input(name):
+    """The local file of a dataset (so Snakemake can build or track it); none for hub ids."""
+    spec = config["datasets"].get(name)
+    if spec is None:
+        raise WorkflowError(f"config datasets.{name} is required by this workflow")
+    return [spec["path"]] if "path" in spec else []
+
+
+def planted_input():
+    """The tiny world's planted-duplicate ground truth, scored by the dedup stage."""
+    return [f"{TINY_WORLD_DIR}/deepmath_planted.parquet"] if config["world"] == "tiny" else []
+
+
 def all_targets():
-    targets = []
+    targets = [
+        f"{RESULTS}/data/openthoughts_sample.parquet",
+        f"{RESULTS}/tables/dedup.md",
+        f"{RESULTS}/tables/dedup.csv",
+    ]
     if config["world"] == "tiny":
         targets += [f"{TINY_MODELS_DIR}/{m}.card.json" for m in tiny_models()]
         targets += [f"{RESULTS}/tables/tiny_models.md", f"{RESULTS}/tables/tiny_models.csv"]

@@ -1,0 +1,204 @@
+"""On-policy distillation objectives and mechanism metrics.
+
+Conventions (see DESIGN.md): ``student_logits[b, t]`` is the distribution from which
+``tokens[b, t]`` was sampled (already shifted); p = softmax(student), q = softmax(teacher),
+both over the full vocabulary. For a support set S_t and weights w_t,
+
+    A_t(v) = w_t(v) * (log q_t(v) - log p_t(v))          (detached)
+    loss   = -token_mean( sum_{v in S_t} min(r A, clip(r, 1-eps, 1+eps) A) ),
+    r_t(v) = exp(log p_t(v) - old log p_t(v))            (ratio 1 when no old log-probs)
+
+Variants: ``sampled`` (S_t = {y_t}, w = 1), ``topk`` (S_t = the student's / teacher's top-k,
+their intersection or union), ``full`` (S_t = the vocabulary). Weights: ``student_p``
+(p renormalised over S_t), ``teacher_p`` (q likewise) or ``none``. Log-probs are never
+renormalised over S_t. With ``full`` + ``student_p`` the value is the token-mean reverse
+KL(p || q) and the gradient is exactly its gradient.
+
+``chunk_size`` processes the sequence in slices: teacher log-probs are computed without
+autograd and the student's log-softmax is recomputed in the backward pass (activation
+checkpointing), so no full [B, T, V] float32 log-softmax copy is kept for either model.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+from torch.utils.checkpoint import checkpoint
+
+VARIANTS = ("sampled", "topk", "full")
+SUPPORTS = ("student", "teacher", "intersection", "union")
+WEIGHTINGS = ("student_p", "teacher_p", "none")
+METRICS = ("overlap_ratio", "overlap_advantage", "nonoverlap_advantage", "entropy_student",
+           "entropy_teacher", "entropy_gap", "shared_mass_student", "shared_mass_teacher",
+           "reverse_kl")
+
+
+@dataclass
+class _Support:
+    idx_BCM: torch.Tensor | None  # vocabulary ids of the support; None = whole vocabulary
+    valid_BCM: torch.Tensor        # which entries of idx are real members (float 0/1)
+
+
+def _support(variant: str, support: str, logp_BCV: torch.Tensor, logq_BCV: torch.Tensor,
+             tokens_BC: torch.Tensor, top_k: int) -> _Support:
+    if variant == "sampled":
+        idx = tokens_BC.unsqueeze(-1)
+        return _Support(idx, torch.ones_like(idx, dtype=logp_BCV.dtype))
+    if variant == "full":
+        return _Support(None, torch.ones_like(logp_BCV))
+    top_s = logp_BCV.topk(top_k, dim=-1).indices
+    top_t = logq_BCV.topk(top_k, dim=-1).indices
+    if support == "student":
+        return _Support(top_s, torch.ones_like(top_s, dtype=logp_BCV.dtype))
+    if support == "teacher":
+        return _Support(top_t, torch.ones_like(top_t, dtype=logp_BCV.dtype))
+    in_t = (top_s.unsqueeze(-1) == top_t.unsqueeze(-2)).any(-1)
+    if support == "intersection":
+        return _Support(top_s, in_t.to(logp_BCV.dtype))
+    # union: the student's top-k plus the teacher's tokens not already in it
+    in_s = (top_t.unsqueeze(-1) == top_s.unsqueeze(-2)).any(-1)
+    idx = torch.cat([top_s, top_t], dim=-1)
+    valid = torch.cat([torch.ones_like(in_s), ~in_s], dim=-1).to(logp_BCV.dtype)
+    return _Support(idx, valid)
+
+
+def _take(x_BCV: torch.Tensor, idx_BCM: torch.Tensor | None) -> torch.Tensor:
+    return x_BCV if idx_BCM is None else x_BCV.gather(-1, idx_BCM)
+
+
+def _advantage(logp_g: torch.Tensor, logq_g: torch.Tensor, valid: torch.Tensor,
+               variant: str, weighting: str) -> torch.Tensor:
+    if variant == "sampled" or weighting == "none":
+        w = valid
+    else:
+        base = logp_g if weighting == "student_p" else logq_g
+        mass = base.exp() * valid
+        w = mass / mass.sum(-1, keepdim=True).clamp_min(1e-30)
+    return w * (logq_g - logp_g) * valid
+
+
+def _surrogate(student_BCV: torch.Tensor, idx_BCM: torch.Tensor | None, adv: torch.Tensor,
+               valid: torch.Tensor, old_g: torch.Tensor | None, clip: float) -> torch.Tensor:
+    """Per-token policy-gradient loss ``-sum_v min(r A, clip(r) A)``, shape [B, C]."""
+    logp = _take(torch.log_softmax(student_BCV.float(), dim=-1), idx_BCM)
+    ratio = torch.exp(logp - (logp.detach() if old_g is None else old_g))
+    surr = torch.minimum(ratio * adv, ratio.clamp(1 - clip, 1 + clip) * adv)
+    return -(surr * valid).sum(-1)
+
+
+@torch.no_grad()
+def _metrics(logp: torch.Tensor, logq: torch.Tensor, top_k: int) -> dict[str, torch.Tensor]:
+    """Per-token mechanism metrics, each [B, C]; NaN where a metric is undefined."""
+    p, q = logp.exp(), logq.exp()
+    top_s = logp.topk(top_k, dim=-1).indices
+    top_t = logq.topk(top_k, dim=-1).indices
+    inter = (top_s.unsqueeze(-1) == top_t.unsqueeze(-2)).any(-1).float()   # [B, C, k]
+    ratio_s = logq.gather(-1, top_s) - logp.gather(-1, top_s)               # log q - log p
+    n_in, n_out = inter.sum(-1), (1 - inter).sum(-1)
+    nan = torch.tensor(float("nan"), device=logp.device)
+    h_p = -(p * logp).sum(-1)
+    h_q = -(q * logq).sum(-1)
+    return {
+        "overlap_ratio": n_in / top_k,
+        "overlap_advantage": torch.where(n_in > 0, (ratio_s * inter).sum(-1) / n_in.clamp_min(1), nan),
+        "nonoverlap_advantage": torch.where(n_out > 0, (ratio_s * (1 - inter)).sum(-1) / n_out.clamp_min(1), nan),
+        "entropy_student": h_p,
+        "entropy_teacher": h_q,
+        "entropy_gap": h_q - h_p,
+        "shared_mass_student": (p.gather(-1, top_s) * inter).sum(-1),
+        "shared_mass_teacher": (q.gather(-1, top_s) * inter).sum(-1),
+        "reverse_kl": (p * (logp - logq)).sum(-1),
+    }
+
+
+@dataclass
+class _Accumulator:
+    """Masked sums and counts of every metric, overall and per position bucket."""
+
+    bucket_size: int | None
+    sums: dict[str, float] = field(default_factory=dict)
+    counts: dict[str, float] = field(default_factory=dict)
+    buckets: dict[int, dict[str, list[float]]] = field(default_factory=dict)
+
+    def add(self, per_tok: dict[str, torch.Tensor], mask_BC: torch.Tensor, start: int) -> None:
+        mask = mask_BC.bool()
+        for name, v in per_tok.items():
+            ok = mask & ~torch.isnan(v)
+            self.sums[name] = self.sums.get(name, 0.0) + float(v[ok].double().sum())
+            self.counts[name] = self.counts.get(name, 0.0) + float(ok.sum())
+            if self.bucket_size:
+                pos = torch.arange(start, start + v.shape[1], device=v.device).expand_as(v)
+                for b in torch.unique(pos[ok] // self.bucket_size).tolist():
+                    sel = ok & (pos // self.bucket_size == b)
+                    slot = self.buckets.setdefault(int(b), {}).setdefault(name, [0.0, 0.0])
+                    slot[0] += float(v[sel].double().sum())
+                    slot[1] += float(sel.sum())
+
+    def result(self) -> dict[str, object]:
+        out: dict[str, object] = {n: (self.sums[n] / self.counts[n] if self.counts[n] else math.nan)
+                                  for n in METRICS}
+        if self.bucket_size:
+            out["buckets"] = [
+                {"bucket": b, "start": b * self.bucket_size,
+                 "tokens": int(vals["reverse_kl"][1]),
+                 **{n: (vals[n][0] / vals[n][1] if vals.get(n, [0, 0])[1] else math.nan)
+                    for n in METRICS}}
+                for b, vals in sorted(self.buckets.items())]
+        return out
+
+
+def opd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, tokens: torch.Tensor,
+             mask: torch.Tensor, *, variant: str, top_k: int = 16, support: str = "student",
+             weighting: str = "student_p", old_logprobs: torch.Tensor | None = None,
+             clip_range: float = 0.2, chunk_size: int | None = None,
+             bucket_size: int | None = None) -> tuple[torch.Tensor, dict[str, object]]:
+    """OPD loss (token mean over ``mask``) and mechanism metrics.
+
+    Shapes: logits [B, T, V], tokens and mask [B, T]. ``old_logprobs``: [B, T] log-probs of
+    the sampled tokens (``sampled``) or [B, T, V] full log-probs (any variant), from the
+    policy that generated the batch. ``bucket_size`` adds per-position metric buckets.
+    """
+    if variant not in VARIANTS:
+        raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
+    if support not in SUPPORTS:
+        raise ValueError(f"support must be one of {SUPPORTS}, got {support!r}")
+    if weighting not in WEIGHTINGS:
+        raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
+    if student_logits.shape != teacher_logits.shape:
+        raise ValueError(f"student logits {tuple(student_logits.shape)} and teacher logits "
+                         f"{tuple(teacher_logits.shape)} differ: teacher and student must share "
+                         "a vocabulary")
+    B, T, V = student_logits.shape
+    if variant == "topk" and top_k > V:
+        raise ValueError(f"top_k={top_k} exceeds the vocabulary size {V}")
+    if old_logprobs is not None and old_logprobs.dim() == 2 and variant != "sampled":
+        raise ValueError("per-token old_logprobs [B, T] only fit variant='sampled'; "
+                         "pass [B, T, V] old log-probs for top-k and full")
+    mask_f = mask.to(torch.float32)
+    n_tokens = mask_f.sum().clamp_min(1.0)
+    step = chunk_size or T
+    acc = _Accumulator(bucket_size)
+    total = student_logits.new_zeros((), dtype=torch.float32)
+    for s in range(0, T, step):
+        stu, m = student_logits[:, s:s + step], mask_f[:, s:s + step]
+        with torch.no_grad():
+            logq = torch.log_softmax(teacher_logits[:, s:s + step].float(), dim=-1)
+            logp = torch.log_softmax(stu.detach().float(), dim=-1)
+            sup = _support(variant, support, logp, logq, tokens[:, s:s + step], top_k)
+            adv = _advantage(_take(logp, sup.idx_BCM), _take(logq, sup.idx_BCM), sup.valid_BCM,
+                             variant, weighting)
+            old_g = None
+            if old_logprobs is not None:
+                old = old_logprobs[:, s:s + step].float()
+                old_g = old.unsqueeze(-1) if old.dim() == 2 else _take(old, sup.idx_BCM)
+            acc.add(_metrics(logp, logq, min(top_k, V)), m, s)
+            del logq, logp
+        args = (stu, sup.idx_BCM, adv, sup.valid_BCM, old_g, clip_range)
+        if chunk_size and stu.requires_grad:
+            per_tok = checkpoint(_surrogate, *args, use_reentrant=False)
+        else:
+            per_tok = _surrogate(*args)
+        total = total + (per_tok * m).sum()
+    return total / n_tokens, acc.result()

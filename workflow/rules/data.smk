@@ -1,0 +1,136 @@
+# Data stage (both worlds): OpenThoughts math prompts; DeepMath deduplicated against DAPO.
+DATA_DIR = f"{RESULTS}/data"
+
+
+rule sample_openthoughts:
+    input:
+        dataset_input("openthoughts"),
+    output:
+        sample=f"{DATA_DIR}/openthoughts_sample.parquet",
+        stats=f"{DATA_DIR}/openthoughts_sample.stats.json",
+    params:
+        source=as_json(config["datasets"].get("openthoughts", {})),
+        cfg=as_json({**config["data"]["openthoughts_sample"],
+                     "on_bad_row": config["data"]["on_bad_row"]}),
+    log:
+        log_path("sample_openthoughts", "sample"),
+    benchmark:
+        bench_path("sample_openthoughts", "sample")
+    threads: 1
+    resources:
+        mem_mb=res("sample_openthoughts", "mem_mb"),
+        runtime=res("sample_openthoughts", "runtime"),
+        gpu=0,
+    shell:
+        "python -m opd.sample_openthoughts --source {params.source:q} --out {output.sample:q}"
+        " --stats {output.stats:q} --params {params.cfg:q} > {log:q} 2>&1"
+
+
+rule dedup_exact:
+    input:
+        dataset_input("dapo"),
+        dataset_input("deepmath"),
+    output:
+        removed=f"{DATA_DIR}/deepmath_exact_removed.parquet",
+        stats=f"{DATA_DIR}/deepmath_exact.stats.json",
+    params:
+        dapo=as_json(config["datasets"].get("dapo", {})),
+        deepmath=as_json(config["datasets"].get("deepmath", {})),
+        on_bad_row=config["data"]["on_bad_row"],
+    log:
+        log_path("dedup_exact", "exact"),
+    benchmark:
+        bench_path("dedup_exact", "exact")
+    threads: 1
+    resources:
+        mem_mb=res("dedup_exact", "mem_mb"),
+        runtime=res("dedup_exact", "runtime"),
+        gpu=0,
+    shell:
+        "python -m opd.dedup_exact --dapo {params.dapo:q} --deepmath {params.deepmath:q}"
+        " --removed {output.removed:q} --stats {output.stats:q}"
+        " --on-bad-row {params.on_bad_row:q} > {log:q} 2>&1"
+
+
+# Separate from dedup_semantic so that changing only the threshold does not re-encode.
+rule embed_dedup_texts:
+    input:
+        dataset_input("dapo"),
+        dataset_input("deepmath"),
+    output:
+        dapo=f"{DATA_DIR}/embeddings/dapo.npy",
+        deepmath=f"{DATA_DIR}/embeddings/deepmath.npy",
+        meta=f"{DATA_DIR}/embeddings/meta.json",
+    params:
+        dapo=as_json(config["datasets"].get("dapo", {})),
+        deepmath=as_json(config["datasets"].get("deepmath", {})),
+        model=as_json(config["data"]["dedup"]["embedding_model"]),
+        batch=config["data"]["dedup"]["batch_size"],
+        on_bad_row=config["data"]["on_bad_row"],
+    log:
+        log_path("embed_dedup_texts", "embed"),
+    benchmark:
+        bench_path("embed_dedup_texts", "embed")
+    threads: res("embed_dedup_texts", "threads")
+    resources:
+        mem_mb=res("embed_dedup_texts", "mem_mb"),
+        runtime=res("embed_dedup_texts", "runtime"),
+        gpu=res("embed_dedup_texts", "gpu"),
+    shell:
+        "python -m opd.embed_texts --dapo {params.dapo:q} --deepmath {params.deepmath:q}"
+        " --model {params.model:q} --batch-size {params.batch} --out-dapo {output.dapo:q}"
+        " --out-deepmath {output.deepmath:q} --meta {output.meta:q}"
+        " --on-bad-row {params.on_bad_row:q} > {log:q} 2>&1"
+
+
+rule dedup_semantic:
+    input:
+        exact=rules.dedup_exact.output.removed,
+        emb=rules.embed_dedup_texts.output,
+        planted=planted_input(),
+    output:
+        kept=f"{DATA_DIR}/deepmath_dedup.parquet",
+        removed=f"{DATA_DIR}/deepmath_semantic_removed.parquet",
+        stats=f"{DATA_DIR}/deepmath_dedup.stats.json",
+    params:
+        dapo=as_json(config["datasets"].get("dapo", {})),
+        deepmath=as_json(config["datasets"].get("deepmath", {})),
+        threshold=config["data"]["dedup"]["threshold"],
+        planted=lambda w, input: f"--planted {shlex.quote(input.planted[0])}" if input.planted else "",
+        on_bad_row=config["data"]["on_bad_row"],
+    log:
+        log_path("dedup_semantic", "semantic"),
+    benchmark:
+        bench_path("dedup_semantic", "semantic")
+    threads: 1
+    resources:
+        mem_mb=res("dedup_semantic", "mem_mb"),
+        runtime=res("dedup_semantic", "runtime"),
+        gpu=0,
+    shell:
+        "python -m opd.dedup_semantic --dapo {params.dapo:q} --deepmath {params.deepmath:q}"
+        " --exact-removed {input.exact:q} --emb-dapo {input.emb[0]:q}"
+        " --emb-deepmath {input.emb[1]:q} --meta {input.emb[2]:q}"
+        " --threshold {params.threshold} --kept {output.kept:q} --removed {output.removed:q}"
+        " --stats {output.stats:q} {params.planted} --on-bad-row {params.on_bad_row:q}"
+        " > {log:q} 2>&1"
+
+
+rule dedup_table:
+    input:
+        rules.dedup_semantic.output.stats,
+    output:
+        csv=f"{RESULTS}/tables/dedup.csv",
+        md=f"{RESULTS}/tables/dedup.md",
+    log:
+        log_path("dedup_table", "table"),
+    benchmark:
+        bench_path("dedup_table", "table")
+    threads: 1
+    resources:
+        mem_mb=res("dedup_table", "mem_mb"),
+        runtime=res("dedup_table", "runtime"),
+        gpu=0,
+    shell:
+        "python -m opd.dedup_table --stats {input:q} --csv {output.csv:q} --md {output.md:q}"
+        " > {log:q} 2>&1"
