@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -42,3 +45,19 @@ def small_tokenizer(small_world, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("tok") / "tokenizer"
     main(["--world", str(small_world), "--out", str(out), "--params", '{"vocab_size": 600}'])
     return out
+
+
+def copy_workflow(dest: Path) -> Path:
+    """A scratch copy of the workflow (Snakefile, rules, schema, configs) to run in."""
+    for item in ("Snakefile", "workflow", "config"):
+        src = REPO / item
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, dest / item)
+    return dest
+
+
+def run_snakemake(args: list[str], cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
+    """Run this environment's snakemake in ``cwd``, with its bin directory first on PATH."""
+    exe = Path(sys.executable).with_name("snakemake")
+    env = {**os.environ, "PATH": f"{exe.parent}{os.pathsep}{os.environ['PATH']}"}
+    return subprocess.run([str(exe), *args], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=timeout)

@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import copy
-import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,7 +10,7 @@ import yaml
 
 from opd.config import ConfigError, load, validate
 
-from conftest import REPO
+from conftest import REPO, copy_workflow, run_snakemake
 
 
 @pytest.fixture(scope="module")
@@ -61,23 +57,13 @@ def test_bad_config_names_the_key(tiny, mutate, key):
     assert key in str(err.value)
 
 
-def _snakemake(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    exe = Path(sys.executable).with_name("snakemake")
-    env = {**os.environ, "PATH": f"{exe.parent}{os.pathsep}{os.environ['PATH']}"}
-    return subprocess.run([str(exe), *args], cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=300)
-
-
 @pytest.fixture()
 def workdir(tmp_path) -> Path:
-    for item in ("Snakefile", "workflow", "config"):
-        src = REPO / item
-        (shutil.copytree if src.is_dir() else shutil.copy)(src, tmp_path / item)
-    return tmp_path
+    return copy_workflow(tmp_path)
 
 
 def test_dry_run_shows_the_tiny_dag(workdir):
-    proc = _snakemake(["-n", "--quiet", "rules"], workdir)
+    proc = run_snakemake(["-n", "--quiet", "rules"], workdir)
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout + proc.stderr
     for rule in ("build_tiny_world", "build_tiny_tokenizer", "build_tiny_models",
@@ -86,13 +72,13 @@ def test_dry_run_shows_the_tiny_dag(workdir):
 
 
 def test_bad_config_stops_before_any_job(workdir):
-    proc = _snakemake(["--cores", "1", "--config", "tiny_world={'dapo': -5}"], workdir)
+    proc = run_snakemake(["--cores", "1", "--config", "tiny_world={'dapo': -5}"], workdir)
     assert proc.returncode != 0
     assert "tiny_world.dapo" in proc.stderr + proc.stdout
     assert not (workdir / "results").exists()
 
 
 def test_paper_config_replaces_the_tiny_default(workdir):
-    proc = _snakemake(["-n", "--configfile", "config/paper.yaml"], workdir)
+    proc = run_snakemake(["-n", "--configfile", "config/paper.yaml"], workdir)
     assert proc.returncode == 0, proc.stderr
     assert "build_tiny_world" not in proc.stdout  # the paper world builds no tiny data

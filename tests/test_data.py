@@ -112,8 +112,10 @@ def test_sample_openthoughts(small_world):
     got = table.to_pylist()
     assert len(got) == 20 == len({r["prompt"] for r in got})
     assert {r["prompt"] for r in got} <= math_prompts
+    answers = {r["conversations"][0]["value"].strip(): r["conversations"][1]["value"] for r in raw}
     for r in got:
         assert r["prompt_id"] == hashlib.sha256(r["prompt"].encode()).hexdigest()[:16]
+        assert f"\\boxed{{{r['answer']}}}" in answers[r["prompt"]]
     assert stats["unique_prompts"] == len(math_prompts)
     assert stats["duplicates_dropped"] == stats["math_rows"] - len(math_prompts)
     again, _ = sample(src, {"n": 20, "domain": "math", "seed": 3})

@@ -3,25 +3,20 @@
 from __future__ import annotations
 
 import json
-import shutil
 
 import pandas as pd
 import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from conftest import REPO
-from test_config import _snakemake
+from conftest import copy_workflow, run_snakemake
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
-    work = tmp_path_factory.mktemp("e2e")
-    for item in ("Snakefile", "workflow", "config"):
-        src = REPO / item
-        (shutil.copytree if src.is_dir() else shutil.copy)(src, work / item)
-    proc = _snakemake(["--cores", "2"], work)
+    work = copy_workflow(tmp_path_factory.mktemp("e2e"))
+    proc = run_snakemake(["--cores", "2"], work, timeout=3600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return work
 
@@ -36,6 +31,14 @@ def test_every_model_has_a_card_and_the_table_exists(finished_run):
     table = pd.read_csv(finished_run / "results/tables/tiny_models.csv")
     assert sorted(table["model"]) == sorted(cfg_models)
     assert (finished_run / "results/tables/tiny_models.md").read_text().startswith("# Tiny models")
+
+
+def test_dedup_recovers_the_planted_duplicates(finished_run):
+    stats = json.loads((finished_run / "results/data/deepmath_dedup.stats.json").read_text())
+    gt = stats["ground_truth"]
+    assert gt["exact"]["recall"] == 1.0
+    assert gt["semantic"]["precision"] >= 0.9 and gt["semantic"]["recall"] >= 0.9
+    assert (finished_run / "results/tables/dedup.md").exists()
 
 
 def test_intended_orderings_hold(finished_run):
@@ -61,6 +64,6 @@ def test_models_reload_offline_and_answer(finished_run):
 
 
 def test_rerun_is_a_no_op(finished_run):
-    proc = _snakemake(["-n", "--quiet"], finished_run)
+    proc = run_snakemake(["-n", "--quiet"], finished_run)
     assert proc.returncode == 0
     assert "Nothing to be done" in proc.stdout + proc.stderr

@@ -2,7 +2,8 @@
 
 Keeps ``domain == "math"`` rows, takes the first user turn of ``conversations`` as the prompt,
 drops empty and duplicate prompts (whitespace-normalised), and draws a seeded sample of N.
-Writes a parquet (prompt_id, prompt, source, difficulty, row) and a stats JSON.
+Writes a parquet (prompt_id, prompt, answer, source, difficulty, row) and a stats JSON;
+``answer`` is the last \\boxed{} of the reference response, or null when it has none.
 
     python -m opd.sample_openthoughts --source '{"path": ...}' --out S.parquet --stats S.json \
         --params '{"n": 300, "domain": "math", "seed": 0, "on_bad_row": "fail"}'
@@ -21,10 +22,11 @@ from typing import Any
 import pyarrow as pa
 
 from opd.data import load_rows
+from opd.grading import last_boxed
 from opd.io import write_json, write_parquet
 
 USER_ROLES = ("human", "user")
-SCHEMA = pa.schema([("prompt_id", pa.string()), ("prompt", pa.string()),
+SCHEMA = pa.schema([("prompt_id", pa.string()), ("prompt", pa.string()), ("answer", pa.string()),
                     ("source", pa.string()), ("difficulty", pa.int64()), ("row", pa.int64())])
 
 
@@ -41,6 +43,7 @@ def sample(source: dict[str, Any], params: dict[str, Any]) -> tuple[pa.Table, di
     seen, unique, empty, dups = set(), [], 0, 0
     for i, r in math:
         turns = [t["value"] for t in r["conversations"] if t["from"] in USER_ROLES]
+        replies = [t["value"] for t in r["conversations"] if t["from"] not in USER_ROLES]
         prompt = turns[0].strip() if turns else ""
         if not prompt:
             empty += 1
@@ -51,6 +54,7 @@ def sample(source: dict[str, Any], params: dict[str, Any]) -> tuple[pa.Table, di
             continue
         seen.add(key)
         unique.append({"prompt_id": prompt_id(prompt), "prompt": prompt,
+                       "answer": last_boxed(replies[-1]) if replies else None,
                        "source": r.get("source") or "", "difficulty": int(r.get("difficulty") or 0),
                        "row": i})
     n = min(params["n"], len(unique))
