@@ -11,6 +11,7 @@ if not workflow.overwrite_configfiles:
 include: "workflow/rules/common.smk"
 include: "workflow/rules/tiny.smk"
 include: "workflow/rules/data.smk"
+include: "workflow/rules/opd.smk"
 
 
 rule all:

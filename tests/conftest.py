@@ -1,4 +1,4 @@
-"""Shared fixtures: a small tiny world and tokenizer, built once per test session."""
+"""Shared fixtures: a small tiny world and tokenizer, built once per test run."""
 
 from __future__ import annotations
 

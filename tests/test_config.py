@@ -48,6 +48,15 @@ def test_defaults_are_filled(tiny):
     (lambda c: c["tiny_models"]["models"]["student"].update(init="nobody"),
      "tiny_models.models.student.init"),
     (lambda c: c["datasets"].update(dapo={"path": "x", "hub_id": "y"}), "datasets.dapo"),
+    (lambda c: c["experiments"]["strong_teacher"].update(teacher="nobody"),
+     "experiments.strong_teacher.teacher"),
+    (lambda c: c["experiments"]["strong_teacher"].update(prompts="nowhere"),
+     "experiments.strong_teacher.prompts"),
+    (lambda c: c["experiments"]["strong_teacher"].update(opd={"lrr": 1}),
+     "experiments.strong_teacher.opd.lrr"),
+    (lambda c: c["experiments"]["strong_teacher"].update(opd={"top_k": 0}),
+     "experiments.strong_teacher.opd.top_k"),
+    (lambda c: c.update(templates={"bad": "no placeholder"}), "templates.bad"),
 ])
 def test_bad_config_names_the_key(tiny, mutate, key):
     cfg = copy.deepcopy(tiny)

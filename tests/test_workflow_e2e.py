@@ -47,6 +47,34 @@ def test_intended_orderings_hold(finished_run):
     assert checks["all_hold"], failing
 
 
+def test_diagnosis_tells_compatible_from_mismatched_teacher(finished_run):
+    strong = json.loads((finished_run / "results/diagnose/strong_teacher.json").read_text())
+    mismatched = json.loads((finished_run / "results/diagnose/mismatched_teacher.json").read_text())
+    assert strong["verdict"] == "compatible"
+    assert mismatched["verdict"] == "thinking-pattern mismatch"
+    assert strong["overlap_ratio"] > mismatched["overlap_ratio"]
+
+
+def test_opd_runs_log_every_step(finished_run):
+    for exp in ("strong_teacher", "mismatched_teacher"):
+        lines = (finished_run / f"results/opd/{exp}/metrics.jsonl").read_text().splitlines()
+        assert [json.loads(ln)["step"] for ln in lines] == list(range(60))
+        assert (finished_run / f"results/opd/{exp}/final/model.safetensors").exists()
+
+
+def test_mismatched_teacher_collapses_while_compatible_teacher_stays_aligned(finished_run):
+    def run(exp):
+        path = finished_run / f"results/opd/{exp}/metrics.jsonl"
+        return [json.loads(ln) for ln in path.read_text().splitlines()]
+
+    strong, mismatched = run("strong_teacher"), run("mismatched_teacher")
+    mean = lambda lines, k: sum(ln[k] for ln in lines) / len(lines)  # noqa: E731
+    assert mean(strong, "shared_mass_student") > mean(mismatched, "shared_mass_student")
+    assert mean(strong, "overlap_ratio") > mean(mismatched, "overlap_ratio")
+    assert mismatched[-1]["overlap_ratio"] < mismatched[0]["overlap_ratio"]
+    assert strong[-1]["reverse_kl"] < mismatched[-1]["reverse_kl"]
+
+
 def test_models_reload_offline_and_answer(finished_run):
     from opd.generation import Sampling, generate
     from opd.grading import is_correct

@@ -66,7 +66,23 @@ def validate(config: dict[str, Any], schema: dict[str, Any] | None = None) -> di
 
 
 def _check_references(config: dict[str, Any]) -> None:
-    """Cross-references the schema cannot express: recipe arch and init names."""
+    """Cross-references the schema cannot express: names of archs, models, prompt sets,
+    templates, and each experiment's opd overrides (validated as an opd section)."""
+    opd_schema = load_schema()["properties"]["opd"]
+    opd_validator = jsonschema.validators.validator_for(opd_schema)(opd_schema)
+    for name, exp in config.get("experiments", {}).items():
+        where = f"experiments.{name}"
+        for key, registry in (("student", "models"), ("teacher", "models"),
+                              ("prompts", "prompt_sets"), ("template", "templates")):
+            if exp[key] not in config.get(registry, {}):
+                raise ConfigError(f"{where}.{key}: unknown {registry} entry {exp[key]!r}")
+        merged = {**config.get("opd", {}), **exp.get("opd", {})}
+        for err in opd_validator.iter_errors(merged):
+            key = ".".join(str(p) for p in err.absolute_path)
+            if err.validator == "additionalProperties":
+                unknown = sorted(set(merged) - set(opd_schema["properties"]))
+                raise ConfigError(f"{where}.opd.{', '.join(unknown)}: unknown key")
+            raise ConfigError(f"{where}.opd.{key}: {err.message}")
     tiny = config.get("tiny_models", {})
     archs, models = tiny.get("archs", {}), tiny.get("models", {})
     for name, recipe in models.items():

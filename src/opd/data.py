@@ -174,3 +174,20 @@ def load_benchmark(spec: dict[str, Any]) -> pd.DataFrame:
         if not text.strip():
             raise DataError(f"{where}: row {i}: field {spec['problem_field']!r} is empty")
     return out
+
+
+def load_prompt_set(spec: dict[str, Any]) -> pd.DataFrame:
+    """A prompt set as a frame with ``prompt`` (non-empty) and ``answer`` (string or None)."""
+    df = read_table(Path(spec["path"]))
+    where = describe(spec)
+    pf, af = spec.get("prompt_field", "prompt"), spec.get("answer_field", "answer")
+    if pf not in df.columns:
+        raise DataError(f"{where}: prompt set has no column {pf!r}")
+    answers = df[af] if af in df.columns else [None] * len(df)
+    out = pd.DataFrame({"prompt": df[pf], "answer": list(answers)})
+    for i, text in enumerate(out["prompt"]):
+        if not isinstance(text, str) or not text.strip():
+            raise DataError(f"{where}: row {i}: field {pf!r} is empty or not text")
+    out["answer"] = [None if a is None or (isinstance(a, float) and a != a) else str(a)
+                     for a in out["answer"]]
+    return out

@@ -1,7 +1,8 @@
-"""Batched text generation with ``transformers`` (CPU or one GPU).
+"""Batched sampling with ``transformers`` (CPU or one GPU).
 
-Left padding, KV cache, per-call sampling parameters; returns the decoded completions,
-their finish reasons and token counts.
+``sample_batch`` returns the token ids exactly as sampled (left-padded prompt, response, pad
+after the end of sequence), which training uses directly; ``generate`` wraps it for
+evaluation and returns decoded completions with finish reasons and token counts.
 """
 
 from __future__ import annotations
@@ -30,30 +31,65 @@ class Completion:
     response_tokens: int
 
 
+@dataclass
+class RolloutBatch:
+    """Sampled sequences: ``input_ids``/``attention_mask`` [N, P + L]; ``response_mask``
+    [N, L] marks generated tokens up to and including the end-of-sequence token."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    response_mask: torch.Tensor
+    prompt_width: int
+    completions: list[Completion]
+
+    @property
+    def response_ids(self) -> torch.Tensor:
+        return self.input_ids[:, self.prompt_width:]
+
+
+def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions that skip left padding, as ``generate`` uses them."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
+
+
 @torch.no_grad()
+def sample_batch(model: Any, tokenizer: Any, prompts: list[str], sampling: Sampling) -> RolloutBatch:
+    """One ``generate`` call over already chat-formatted prompts (no repetition: n is 1 here)."""
+    tokenizer.padding_side = "left"
+    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+    enc = {k: v.to(model.device) for k, v in enc.items()}
+    greedy = sampling.temperature == 0
+    gen = model.generate(
+        **enc, max_new_tokens=sampling.max_new_tokens, do_sample=not greedy,
+        temperature=None if greedy else sampling.temperature,
+        top_p=None if greedy else sampling.top_p, top_k=None if greedy else 0,
+        eos_token_id=eos, pad_token_id=pad)
+    width = enc["input_ids"].shape[1]
+    resp = gen[:, width:]
+    is_eos = resp == eos
+    # tokens after the first end-of-sequence are padding
+    after = (is_eos.long().cumsum(-1) - is_eos.long()) > 0
+    response_mask = (~after).long()
+    if resp.shape[1] == 0:
+        response_mask = resp.new_zeros(resp.shape)
+    completions = []
+    for row, m, plen in zip(resp.tolist(), response_mask.tolist(), enc["attention_mask"].sum(1).tolist()):
+        n = sum(m)
+        stop = n > 0 and row[n - 1] == eos
+        ids = row[:n - 1] if stop else row[:n]
+        completions.append(Completion(tokenizer.decode(ids, skip_special_tokens=True),
+                                      "stop" if stop else "length", int(plen), len(ids)))
+    attention = torch.cat([enc["attention_mask"], response_mask.to(enc["attention_mask"].dtype)], 1)
+    return RolloutBatch(gen, attention, response_mask, width, completions)
+
+
 def generate(model: Any, tokenizer: Any, prompts: list[str], sampling: Sampling,
              batch_size: int = 64, progress: bool = True) -> list[list[Completion]]:
     """``sampling.n`` completions for each prompt (already chat-formatted)."""
-    tokenizer.padding_side = "left"
-    eos = tokenizer.eos_token_id
     flat = [p for p in prompts for _ in range(sampling.n)]
-    out: list[Completion] = []
     torch.manual_seed(sampling.seed)
-    greedy = sampling.temperature == 0
+    out: list[Completion] = []
     for start in tqdm(range(0, len(flat), batch_size), desc="generate", disable=not progress):
-        chunk = flat[start:start + batch_size]
-        enc = tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=False)
-        enc = {k: v.to(model.device) for k, v in enc.items()}
-        gen = model.generate(
-            **enc, max_new_tokens=sampling.max_new_tokens, do_sample=not greedy,
-            temperature=None if greedy else sampling.temperature,
-            top_p=None if greedy else sampling.top_p, top_k=None if greedy else 0,
-            eos_token_id=eos, pad_token_id=tokenizer.pad_token_id)
-        new = gen[:, enc["input_ids"].shape[1]:].tolist()
-        prompt_lens = enc["attention_mask"].sum(1).tolist()
-        for ids, plen in zip(new, prompt_lens):
-            stop = eos in ids
-            ids = ids[:ids.index(eos)] if stop else ids
-            out.append(Completion(tokenizer.decode(ids, skip_special_tokens=True),
-                                  "stop" if stop else "length", int(plen), len(ids)))
+        out += sample_batch(model, tokenizer, flat[start:start + batch_size], sampling).completions
     return [out[i * sampling.n:(i + 1) * sampling.n] for i in range(len(prompts))]

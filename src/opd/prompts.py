@@ -16,3 +16,10 @@ def chat_prompt(tokenizer: Any, user_text: str, enable_thinking: bool = False) -
         add_generation_prompt=True,
         enable_thinking=enable_thinking,
     )
+
+
+def apply_template(template: str, problem: str) -> str:
+    """Fill ``{problem}`` in a prompt template; other braces (e.g. ``\\boxed{}``) stay as they are."""
+    if "{problem}" not in template:
+        raise ValueError(f"prompt template {template!r} has no {{problem}} placeholder")
+    return template.replace("{problem}", problem)

@@ -77,12 +77,57 @@ def planted_input():
     return [f"{TINY_WORLD_DIR}/deepmath_planted.parquet"] if config["world"] == "tiny" else []
 
 
+def experiments():
+    return list(config["experiments"])
+
+
+def experiment(wildcards):
+    return config["experiments"][wildcards.experiment]
+
+
+def model_location(name):
+    """Local directory or hub id of a model of the registry."""
+    spec = config["models"][name]
+    return spec.get("path") or spec["hub_id"]
+
+
+def model_input(name):
+    """A local model directory as an input (so the tiny world builds it first); none for hub ids."""
+    spec = config["models"][name]
+    return [spec["path"]] if "path" in spec else []
+
+
+def prompt_set_input(name):
+    return [config["prompt_sets"][name]["path"]]
+
+
+def benchmark_inputs():
+    return [b["path"] for b in config["benchmarks"].values() if "path" in b]
+
+
+def opd_params(name):
+    """An experiment's resolved OPD settings: defaults, then its own overrides."""
+    exp = config["experiments"][name]
+    return {**config["opd"], **exp["opd"], "steps": exp["steps"], "seed": exp["seed"],
+            "template": config["templates"][exp["template"]]}
+
+
+def diagnose_params(name):
+    cfg = opd_params(name)
+    return {**config["diagnose"], "seed": cfg["seed"], "template": cfg["template"],
+            "max_response_tokens": cfg["max_response_tokens"], "temperature": cfg["temperature"],
+            "teacher_temperature": cfg["teacher_temperature"], "top_k": cfg["top_k"],
+            "chunk_size": cfg["chunk_size"]}
+
+
 def all_targets():
     targets = [
         f"{RESULTS}/data/openthoughts_sample.parquet",
         f"{RESULTS}/tables/dedup.md",
         f"{RESULTS}/tables/dedup.csv",
     ]
+    targets += [f"{RESULTS}/diagnose/{e}.json" for e in experiments()]
+    targets += [f"{RESULTS}/opd/{e}/summary.json" for e in experiments()]
     if config["world"] == "tiny":
         targets += [f"{TINY_MODELS_DIR}/{m}.card.json" for m in tiny_models()]
         targets += [f"{RESULTS}/tables/tiny_models.md", f"{RESULTS}/tables/tiny_models.csv"]

@@ -1,0 +1,238 @@
+"""Strictly on-policy distillation of a student from a teacher (one experiment).
+
+Each step: draw ``prompts_per_step`` prompts, sample ``responses_per_prompt`` responses from
+the current student (temperature 1, no truncation of the distribution), score every response
+token with the teacher, and take one optimizer step on ``opd.losses.opd_loss``. Logs one JSON
+line per step (loss, every mechanism metric, per-position buckets, lr, grad norm, response
+length, accuracy), validates periodically, checkpoints every N steps (model, optimizer, RNG,
+data position) and resumes exactly from the last checkpoint after a crash.
+
+    python -m opd.opd_train --student S --teacher T --prompts P.parquet --out results/opd/NAME \
+        --params '{...resolved experiment...}' [--benchmarks '{...}']
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from tqdm import tqdm
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from opd.data import load_benchmark, load_prompt_set
+from opd.generation import RolloutBatch, Sampling, generate, position_ids, sample_batch
+from opd.grading import is_correct
+from opd.io import atomic_dir, write_json
+from opd.losses import opd_loss
+from opd.prompts import apply_template, chat_prompt
+
+
+class TokenizerMismatch(ValueError):
+    """Teacher and student do not share a tokenizer (OPD compares them token by token)."""
+
+
+def load_model(path: str, device: str) -> Any:
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32,
+                                                 trust_remote_code=False)
+    return model.to(device)
+
+
+def check_same_tokenizer(student_tok: Any, teacher_tok: Any, student: str, teacher: str) -> None:
+    vs, vt = student_tok.get_vocab(), teacher_tok.get_vocab()
+    if vs != vt:
+        only_s = len(set(vs.items()) - set(vt.items()))
+        raise TokenizerMismatch(
+            f"teacher {teacher} and student {student} do not share a tokenizer "
+            f"({len(vs)} vs {len(vt)} tokens, {only_s} student entries differ); OPD scores the "
+            "student's own tokens with the teacher, so both must use the same vocabulary")
+
+
+class PromptOrder:
+    """Seeded epochs over the prompt set; the position is part of the checkpoint."""
+
+    def __init__(self, n: int, seed: int, position: int = 0):
+        self.n, self.seed, self.position = n, seed, position
+
+    def take(self, k: int) -> list[int]:
+        out = []
+        for _ in range(k):
+            epoch, i = divmod(self.position, self.n)
+            perm = list(range(self.n))
+            random.Random(self.seed * 100_003 + epoch).shuffle(perm)
+            out.append(perm[i])
+            self.position += 1
+        return out
+
+
+def response_logits(model: Any, batch: RolloutBatch) -> torch.Tensor:
+    """Logits [N, L, V] that predicted each response token."""
+    L = batch.response_mask.shape[1]
+    out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                position_ids=position_ids(batch.attention_mask), logits_to_keep=L + 1)
+    return out.logits[:, :-1]
+
+
+def validate(model: Any, tok: Any, benchmarks: dict[str, pd.DataFrame], template: str,
+             cfg: dict[str, Any], seed: int) -> dict[str, float]:
+    sampling = Sampling(max_new_tokens=cfg["max_response_tokens"],
+                        temperature=cfg["validation"]["temperature"],
+                        top_p=cfg["validation"]["top_p"], n=cfg["validation"]["n"], seed=seed)
+    model.eval()
+    out = {}
+    for name, df in benchmarks.items():
+        prompts = [chat_prompt(tok, apply_template(template, p)) for p in df["problem"]]
+        res = generate(model, tok, prompts, sampling, batch_size=256, progress=False)
+        out[f"val/{name}"] = sum(is_correct(c.text, a) for r, a in zip(res, df["answer"])
+                                 for c in r) / max(1, sum(len(r) for r in res))
+    return out
+
+
+def save_checkpoint(path: Path, model: Any, tok: Any, opt: torch.optim.Optimizer,
+                    step: int, order: PromptOrder, log_path: Path) -> None:
+    """Model, optimizer, RNG, data position and the log so far (Snakemake deletes the outputs
+    of a failed job, so the checkpoint keeps its own copy of the log)."""
+    with atomic_dir(path) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
+        torch.save({"optimizer": opt.state_dict(), "torch_rng": torch.get_rng_state()},
+                   tmp / "trainer_state.pt")
+        (tmp / "metrics.jsonl").write_text(log_path.read_text())
+        write_json(tmp / "state.json", {"step": step, "data_position": order.position})
+
+
+def train(args: argparse.Namespace) -> dict[str, Any]:
+    cfg = args.params
+    torch.manual_seed(cfg["seed"])
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    tok = AutoTokenizer.from_pretrained(args.student)
+    check_same_tokenizer(tok, AutoTokenizer.from_pretrained(args.teacher), args.student, args.teacher)
+    ckpt = args.out / "checkpoint"
+    resume = (ckpt / "state.json").exists()
+    student = load_model(str(ckpt if resume else args.student), device)
+    teacher = load_model(args.teacher, device).eval().requires_grad_(False)
+    opt = torch.optim.AdamW(student.parameters(), lr=cfg["lr"], weight_decay=0.0)
+    prompts = load_prompt_set(args.prompts)
+    order = PromptOrder(len(prompts), cfg["seed"])
+    start, log_path = 0, args.out / "metrics.jsonl"
+    if resume:
+        state = json.loads((ckpt / "state.json").read_text())
+        blob = torch.load(ckpt / "trainer_state.pt", weights_only=False)
+        opt.load_state_dict(blob["optimizer"])
+        torch.set_rng_state(blob["torch_rng"])
+        start, order.position = state["step"], state["data_position"]
+        log_path.write_text((ckpt / "metrics.jsonl").read_text())
+        print(f"resuming from step {start}")
+    else:
+        args.out.mkdir(parents=True, exist_ok=True)
+        log_path.write_text("")
+    benchmarks = {k: load_benchmark(v) for k, v in (args.benchmarks or {}).items()}
+    template = cfg["template"]
+    sampling = Sampling(max_new_tokens=cfg["max_response_tokens"], temperature=cfg["temperature"],
+                        top_p=1.0, seed=cfg["seed"])
+    n_resp, micro = cfg["responses_per_prompt"], cfg["micro_batch_size"]
+    bar = tqdm(range(start, cfg["steps"]), desc="opd", initial=start, total=cfg["steps"])
+    for step in bar:
+        t0 = time.time()
+        idx = order.take(cfg["prompts_per_step"])
+        rows = prompts.iloc[idx]
+        texts = [chat_prompt(tok, apply_template(template, p)) for p in rows["prompt"] for _ in range(n_resp)]
+        answers = [a for a in rows["answer"] for _ in range(n_resp)]
+        student.eval()
+        batch = sample_batch(student, tok, texts, sampling)
+        student.train()
+        total_tokens = int(batch.response_mask.sum())
+        opt.zero_grad(set_to_none=True)
+        agg: dict[str, float] = {}
+        buckets: list[dict] = []
+        for s in range(0, len(texts), micro):
+            mb = RolloutBatch(batch.input_ids[s:s + micro], batch.attention_mask[s:s + micro],
+                              batch.response_mask[s:s + micro], batch.prompt_width, [])
+            n_tok = int(mb.response_mask.sum())
+            if n_tok == 0:
+                continue
+            with torch.no_grad():
+                t_logits = response_logits(teacher, mb) / cfg["teacher_temperature"]
+            loss, metrics = opd_loss(
+                response_logits(student, mb), t_logits, mb.response_ids, mb.response_mask,
+                variant=cfg["variant"], top_k=cfg["top_k"], support=cfg["support"],
+                weighting=cfg["weighting"], clip_range=cfg["clip_range"],
+                chunk_size=cfg["chunk_size"], bucket_size=cfg["bucket_size"])
+            (loss * n_tok / total_tokens).backward()
+            share = n_tok / total_tokens
+            agg["loss"] = agg.get("loss", 0.0) + loss.item() * share
+            for k, v in metrics.items():
+                if k == "buckets":
+                    buckets += v
+                elif not math.isnan(v):
+                    agg[k] = agg.get(k, 0.0) + v * share
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(student.parameters(), cfg["grad_clip"]))
+        opt.step()
+        graded = [is_correct(c.text, a) for c, a in zip(batch.completions, answers) if a]
+        line = {"step": step, **agg, "lr": cfg["lr"], "grad_norm": grad_norm,
+                "response_length": sum(c.response_tokens for c in batch.completions) / len(texts),
+                "truncated": sum(c.finish_reason == "length" for c in batch.completions) / len(texts),
+                "accuracy": sum(graded) / len(graded) if graded else None,
+                "buckets": merge_buckets(buckets), "seconds": round(time.time() - t0, 3)}
+        last = step + 1 == cfg["steps"]
+        if benchmarks and ((step + 1) % cfg["validation_every"] == 0 or last or step == 0):
+            line.update(validate(student, tok, benchmarks, template, cfg, cfg["seed"] + step))
+        with log_path.open("a") as fh:
+            fh.write(json.dumps(line) + "\n")
+        bar.set_postfix(loss=f"{agg.get('loss', 0):.4f}", overlap=f"{agg.get('overlap_ratio', 0):.3f}")
+        if (step + 1) % cfg["checkpoint_every"] == 0 or last:
+            save_checkpoint(ckpt, student, tok, opt, step + 1, order, log_path)
+    with atomic_dir(args.out / "final") as tmp:
+        student.save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
+    lines = [json.loads(ln) for ln in log_path.read_text().splitlines()]
+    summary = {"steps": cfg["steps"], "first": lines[0], "last": lines[-1], "params": cfg}
+    write_json(args.out / "summary.json", summary)
+    return summary
+
+
+def merge_buckets(buckets: list[dict]) -> list[dict]:
+    """Token-weighted average of per-micro-batch position buckets."""
+    merged: dict[int, dict] = {}
+    for b in buckets:
+        m = merged.setdefault(b["bucket"], {"bucket": b["bucket"], "start": b["start"], "tokens": 0})
+        n = b["tokens"]
+        for k, v in b.items():
+            if k in ("bucket", "start", "tokens") or n == 0 or math.isnan(v):
+                continue
+            s, c = m.get(f"_{k}", (0.0, 0))
+            m[f"_{k}"] = (s + v * n, c + n)
+        m["tokens"] += n
+    out = []
+    for m in sorted(merged.values(), key=lambda d: d["bucket"]):
+        row = {k: v for k, v in m.items() if not k.startswith("_")}
+        row.update({k[1:]: s / c for k, (s, c) in ((k, v) for k, v in m.items() if k.startswith("_"))})
+        out.append(row)
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--student", required=True, help="student model directory or hub id")
+    ap.add_argument("--teacher", required=True, help="teacher model directory or hub id")
+    ap.add_argument("--prompts", type=json.loads, required=True,
+                    help="prompt set spec as JSON: {path, prompt_field, answer_field}")
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--params", type=json.loads, required=True)
+    ap.add_argument("--benchmarks", type=json.loads, default=None)
+    ap.add_argument("--threads", type=int, default=None)
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    summary = train(args)
+    print(json.dumps({k: summary["last"].get(k) for k in ("loss", "overlap_ratio", "reverse_kl")}))
+
+
+if __name__ == "__main__":
+    main()

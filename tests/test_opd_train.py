@@ -1,0 +1,145 @@
+"""OPD trainer: tokenizer check, a short run's log, and exact resume after kill -9."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from safetensors.torch import load_file
+
+from opd.build_tiny_models import main as build_model
+from opd.build_tiny_tokenizer import main as build_tokenizer
+from opd.opd_train import TokenizerMismatch, check_same_tokenizer
+
+ARCH = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
+        "num_attention_heads": 2, "num_key_value_heads": 1}
+PARAMS = {"seed": 0, "lr": 1e-3, "steps": 4, "prompts_per_step": 2, "responses_per_prompt": 2,
+          "micro_batch_size": 3, "variant": "topk", "top_k": 8, "support": "student",
+          "weighting": "student_p", "clip_range": 0.2, "grad_clip": 1.0, "temperature": 1.0,
+          "teacher_temperature": 1.0, "max_response_tokens": 12, "chunk_size": 4,
+          "bucket_size": 4, "checkpoint_every": 2, "validation_every": 2,
+          "validation": {"n": 1, "temperature": 0.7, "top_p": 0.95},
+          "template": "{problem} Please reason step by step, and put your final answer within \\boxed{}."}
+
+
+def _model(world, tok, out, seed):
+    recipe = {"arch": ARCH, "pattern": "chain", "difficulty": [1, 2], "steps": 2,
+              "batch_size": 4, "lr": 1e-3, "warmup_ratio": 0.0, "seed": seed}
+    build_model(["--world", str(world), "--tokenizer", str(tok), "--out", str(out),
+                 "--params", json.dumps(recipe)])
+    return out
+
+
+@pytest.fixture(scope="module")
+def pair(small_world, small_tokenizer, tmp_path_factory):
+    root = tmp_path_factory.mktemp("pair")
+    student = _model(small_world, small_tokenizer, root / "student", 1)
+    teacher = _model(small_world, small_tokenizer, root / "teacher", 2)
+    prompts = root / "prompts.parquet"
+    rows = [{"prompt": f"Start with {i}. The changes are +1, +2. What is the result?",
+             "answer": str(i + 3)} for i in range(5)]
+    pq.write_table(pa.Table.from_pylist(rows), prompts)
+    bench = {"probe": {"path": str(small_world / "probe.parquet"), "problem_field": "problem",
+                       "answer_field": "answer"}}
+    return student, teacher, prompts, bench
+
+
+def _cmd(pair, out, params):
+    student, teacher, prompts, bench = pair
+    return [sys.executable, "-m", "opd.opd_train", "--student", str(student), "--teacher",
+            str(teacher), "--prompts", json.dumps({"path": str(prompts)}), "--out", str(out), "--params",
+            json.dumps(params), "--benchmarks", json.dumps(bench), "--threads", "1"]
+
+
+def _lines(path):
+    return [{k: v for k, v in json.loads(ln).items() if k != "seconds"}
+            for ln in path.read_text().splitlines()]
+
+
+def test_different_tokenizers_are_refused(small_world, tmp_path):
+    from transformers import AutoTokenizer
+
+    build_tokenizer(["--world", str(small_world), "--out", str(tmp_path / "a"), "--params",
+                     '{"vocab_size": 600}'])
+    build_tokenizer(["--world", str(small_world), "--out", str(tmp_path / "b"), "--params",
+                     '{"vocab_size": 640}'])
+    a, b = (AutoTokenizer.from_pretrained(tmp_path / n) for n in "ab")
+    check_same_tokenizer(a, a, "s", "t")
+    with pytest.raises(TokenizerMismatch, match="do not share a tokenizer"):
+        check_same_tokenizer(a, b, "s", "t")
+
+
+def test_short_run_logs_every_step(pair, tmp_path):
+    proc = subprocess.run(_cmd(pair, tmp_path / "run", PARAMS), capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = _lines(tmp_path / "run/metrics.jsonl")
+    assert [ln["step"] for ln in lines] == [0, 1, 2, 3]
+    for ln in lines:
+        for key in ("loss", "overlap_ratio", "overlap_advantage", "entropy_gap",
+                    "shared_mass_student", "shared_mass_teacher", "reverse_kl", "grad_norm",
+                    "lr", "response_length", "accuracy", "buckets"):
+            assert key in ln
+        assert 0.0 <= ln["overlap_ratio"] <= 1.0 and 0.0 <= ln["accuracy"] <= 1.0
+        assert ln["buckets"] and ln["buckets"][0]["start"] == 0
+    assert "val/probe" in lines[1] and "val/probe" in lines[3]
+    assert (tmp_path / "run/final/model.safetensors").exists()
+    summary = json.loads((tmp_path / "run/summary.json").read_text())
+    assert summary["last"]["step"] == 3
+
+
+def test_kill_and_resume_matches_uninterrupted(pair, tmp_path):
+    params = {**PARAMS, "steps": 30, "checkpoint_every": 2, "validation_every": 1000}
+    ref = subprocess.run(_cmd(pair, tmp_path / "ref", params), capture_output=True, text=True,
+                         timeout=900)
+    assert ref.returncode == 0, ref.stderr[-3000:]
+
+    out = tmp_path / "crash"
+    proc = subprocess.Popen(_cmd(pair, out, params), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    state = out / "checkpoint/state.json"
+    deadline = time.time() + 600
+    while not state.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    killed_at = json.loads(state.read_text())["step"]
+    assert 0 < killed_at < params["steps"]
+
+    again = subprocess.run(_cmd(pair, out, params), capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "resuming from step" in again.stdout + again.stderr
+    assert _lines(out / "metrics.jsonl") == _lines(tmp_path / "ref/metrics.jsonl")
+    a = load_file(out / "final/model.safetensors")
+    b = load_file(tmp_path / "ref/final/model.safetensors")
+    assert all((a[k] == b[k]).all() for k in b)
+
+
+@pytest.mark.parametrize("thresholds, verdict", [
+    ({"min_overlap": 1.01, "min_new_capability": 0.0}, "thinking-pattern mismatch"),
+    ({"min_overlap": 0.0, "min_new_capability": 0.0}, "compatible"),
+])
+def test_diagnose_pair_verdicts(pair, tmp_path, thresholds, verdict):
+    from opd.diagnose_pair import main as diagnose
+
+    student, teacher, prompts, _ = pair
+    params = {"seed": 0, "n_prompts": 4, "responses_per_prompt": 2, "max_response_tokens": 8,
+              "temperature": 1.0, "teacher_temperature": 1.0, "top_k": 8, "chunk_size": None,
+              "template": PARAMS["template"], **thresholds}
+    out = tmp_path / "d.json"
+    diagnose(["--student", str(student), "--teacher", str(teacher), "--prompts",
+              json.dumps({"path": str(prompts)}), "--out", str(out), "--params", json.dumps(params)])
+    report = json.loads(out.read_text())
+    assert report["verdict"] == verdict and report["verdict_line"].startswith(verdict)
+    assert 0.0 <= report["overlap_ratio"] <= 1.0 and report["prompts"] == 4
+    for key in ("shared_mass_student", "entropy_gap", "reverse_kl", "student_solved",
+                "teacher_solved"):
+        assert key in report

@@ -1,0 +1,72 @@
+# On-policy distillation (both worlds): pre-flight pair diagnosis and training, one job per
+# experiment of the registry (config `experiments:`).
+OPD_DIR = f"{RESULTS}/opd"
+
+
+rule diagnose_pair:
+    input:
+        student=lambda w: model_input(experiment(w)["student"]),
+        teacher=lambda w: model_input(experiment(w)["teacher"]),
+        prompts=lambda w: prompt_set_input(experiment(w)["prompts"]),
+    output:
+        f"{RESULTS}/diagnose/{{experiment}}.json",
+    wildcard_constraints:
+        experiment="|".join(experiments()) or "__none__",
+    params:
+        student=lambda w: model_location(experiment(w)["student"]),
+        teacher=lambda w: model_location(experiment(w)["teacher"]),
+        prompts=lambda w: as_json(config["prompt_sets"][experiment(w)["prompts"]]),
+        cfg=lambda w: as_json(diagnose_params(w.experiment)),
+    log:
+        log_path("diagnose_pair", "{experiment}"),
+    benchmark:
+        bench_path("diagnose_pair", "{experiment}")
+    threads: res("diagnose_pair", "threads")
+    resources:
+        mem_mb=res("diagnose_pair", "mem_mb"),
+        runtime=res("diagnose_pair", "runtime"),
+        gpu=res("diagnose_pair", "gpu"),
+        gpu_model=res("diagnose_pair", "gpu_model"),
+        slurm_partition=res("diagnose_pair", "slurm_partition"),
+        slurm_account=res("diagnose_pair", "slurm_account"),
+    shell:
+        "python -m opd.diagnose_pair --student {params.student:q} --teacher {params.teacher:q}"
+        " --prompts {params.prompts:q} --out {output:q} --params {params.cfg:q}"
+        " --threads {threads} > {log:q} 2>&1"
+
+
+rule opd_train:
+    input:
+        student=lambda w: model_input(experiment(w)["student"]),
+        teacher=lambda w: model_input(experiment(w)["teacher"]),
+        prompts=lambda w: prompt_set_input(experiment(w)["prompts"]),
+        benchmarks=benchmark_inputs(),
+    output:
+        final=directory(f"{OPD_DIR}/{{experiment}}/final"),
+        metrics=f"{OPD_DIR}/{{experiment}}/metrics.jsonl",
+        summary=f"{OPD_DIR}/{{experiment}}/summary.json",
+    wildcard_constraints:
+        experiment="|".join(experiments()) or "__none__",
+    params:
+        student=lambda w: model_location(experiment(w)["student"]),
+        teacher=lambda w: model_location(experiment(w)["teacher"]),
+        prompts=lambda w: as_json(config["prompt_sets"][experiment(w)["prompts"]]),
+        cfg=lambda w: as_json(opd_params(w.experiment)),
+        benchmarks=as_json(config["benchmarks"]),
+        out=lambda w: f"{OPD_DIR}/{w.experiment}",
+    log:
+        log_path("opd_train", "{experiment}"),
+    benchmark:
+        bench_path("opd_train", "{experiment}")
+    threads: res("opd_train", "threads")
+    resources:
+        mem_mb=res("opd_train", "mem_mb"),
+        runtime=res("opd_train", "runtime"),
+        gpu=res("opd_train", "gpu"),
+        gpu_model=res("opd_train", "gpu_model"),
+        slurm_partition=res("opd_train", "slurm_partition"),
+        slurm_account=res("opd_train", "slurm_account"),
+    shell:
+        "python -m opd.opd_train --student {params.student:q} --teacher {params.teacher:q}"
+        " --prompts {params.prompts:q} --out {params.out:q} --params {params.cfg:q}"
+        " --benchmarks {params.benchmarks:q} --threads {threads} > {log:q} 2>&1"
