@@ -25,6 +25,10 @@ if config["offline"]:
 if config["hf_home"]:
     os.environ["HF_HOME"] = config["hf_home"]
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Jobs import the opd package from this checkout, also inside conda envs (--sdm conda).
+_src = os.path.join(workflow.basedir, "src")
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    [_src] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and p != _src])
 
 
 def as_json(obj):

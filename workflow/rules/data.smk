@@ -21,6 +21,8 @@ rule sample_openthoughts:
         mem_mb=res("sample_openthoughts", "mem_mb"),
         runtime=res("sample_openthoughts", "runtime"),
         gpu=0,
+    conda:
+        "../../envs/cpu.yaml"
     shell:
         "python -m opd.sample_openthoughts --source {params.source:q} --out {output.sample:q}"
         " --stats {output.stats:q} --params {params.cfg:q} > {log:q} 2>&1"
@@ -46,6 +48,8 @@ rule dedup_exact:
         mem_mb=res("dedup_exact", "mem_mb"),
         runtime=res("dedup_exact", "runtime"),
         gpu=0,
+    conda:
+        "../../envs/cpu.yaml"
     shell:
         "python -m opd.dedup_exact --dapo {params.dapo:q} --deepmath {params.deepmath:q}"
         " --removed {output.removed:q} --stats {output.stats:q}"
@@ -76,6 +80,8 @@ rule embed_dedup_texts:
         mem_mb=res("embed_dedup_texts", "mem_mb"),
         runtime=res("embed_dedup_texts", "runtime"),
         gpu=res("embed_dedup_texts", "gpu"),
+    conda:
+        "../../envs/cpu.yaml"
     shell:
         "python -m opd.embed_texts --dapo {params.dapo:q} --deepmath {params.deepmath:q}"
         " --model {params.model:q} --batch-size {params.batch} --out-dapo {output.dapo:q}"
@@ -107,6 +113,8 @@ rule dedup_semantic:
         mem_mb=res("dedup_semantic", "mem_mb"),
         runtime=res("dedup_semantic", "runtime"),
         gpu=0,
+    conda:
+        "../../envs/cpu.yaml"
     shell:
         "python -m opd.dedup_semantic --dapo {params.dapo:q} --deepmath {params.deepmath:q}"
         " --exact-removed {input.exact:q} --emb-dapo {input.emb[0]:q}"
@@ -121,7 +129,7 @@ rule dedup_table:
         rules.dedup_semantic.output.stats,
     output:
         csv=f"{RESULTS}/tables/dedup.csv",
-        md=f"{RESULTS}/tables/dedup.md",
+        md=report(f"{RESULTS}/tables/dedup.md", caption="../report/dedup.rst", category="Data"),
     log:
         log_path("dedup_table", "table"),
     benchmark:
@@ -131,6 +139,8 @@ rule dedup_table:
         mem_mb=res("dedup_table", "mem_mb"),
         runtime=res("dedup_table", "runtime"),
         gpu=0,
+    conda:
+        "../../envs/cpu.yaml"
     shell:
         "python -m opd.dedup_table --stats {input:q} --csv {output.csv:q} --md {output.md:q}"
         " > {log:q} 2>&1"

@@ -29,6 +29,8 @@ rule diagnose_pair:
         gpu_model=res("diagnose_pair", "gpu_model"),
         slurm_partition=res("diagnose_pair", "slurm_partition"),
         slurm_account=res("diagnose_pair", "slurm_account"),
+    conda:
+        "../../envs/gpu.yaml"
     shell:
         "python -m opd.diagnose_pair --student {params.student:q} --teacher {params.teacher:q}"
         " --prompts {params.prompts:q} --out {output:q} --params {params.cfg:q}"
@@ -66,6 +68,8 @@ rule opd_train:
         gpu_model=res("opd_train", "gpu_model"),
         slurm_partition=res("opd_train", "slurm_partition"),
         slurm_account=res("opd_train", "slurm_account"),
+    conda:
+        "../../envs/gpu.yaml"
     shell:
         "python -m opd.opd_train --student {params.student:q} --teacher {params.teacher:q}"
         " --prompts {params.prompts:q} --out {params.out:q} --params {params.cfg:q}"

@@ -19,6 +19,8 @@ rule build_tiny_world:
         mem_mb=res("build_tiny_world", "mem_mb"),
         runtime=res("build_tiny_world", "runtime"),
         gpu=0,
+    conda:
+        "../../envs/cpu.yaml"
     shell:
         "python -m opd.build_tiny_world --out {params.out:q} --params {params.cfg:q}"
         " > {log:q} 2>&1"
@@ -41,6 +43,8 @@ rule build_tiny_tokenizer:
         mem_mb=res("build_tiny_tokenizer", "mem_mb"),
         runtime=res("build_tiny_tokenizer", "runtime"),
         gpu=0,
+    conda:
+        "../../envs/cpu.yaml"
     shell:
         "python -m opd.build_tiny_tokenizer --world {params.world:q} --out {output:q}"
         " --params {params.cfg:q} > {log:q} 2>&1"
@@ -68,6 +72,8 @@ rule build_tiny_models:
         mem_mb=res("build_tiny_models", "mem_mb"),
         runtime=res("build_tiny_models", "runtime"),
         gpu=0,
+    conda:
+        "../../envs/cpu.yaml"
     shell:
         "python -m opd.build_tiny_models --world {params.world:q} --tokenizer {input.tokenizer:q}"
         " --out {output:q} --params {params.cfg:q} {params.init} --threads {threads}"
@@ -95,6 +101,8 @@ rule tiny_model_card:
         mem_mb=res("tiny_model_card", "mem_mb"),
         runtime=res("tiny_model_card", "runtime"),
         gpu=0,
+    conda:
+        "../../envs/cpu.yaml"
     shell:
         "python -m opd.tiny_model_card --model {input.model:q} --world {params.world:q}"
         " --out {output:q} --params {params.cfg:q} --threads {threads} > {log:q} 2>&1"
@@ -104,7 +112,8 @@ rule tiny_models_table:
     input:
         expand(f"{TINY_MODELS_DIR}/{{model}}.card.json", model=tiny_models()),
     output:
-        md=f"{RESULTS}/tables/tiny_models.md",
+        md=report(f"{RESULTS}/tables/tiny_models.md", caption="../report/tiny_models.rst",
+                  category="Tiny world"),
         csv=f"{RESULTS}/tables/tiny_models.csv",
         checks=f"{TINY_MODELS_DIR}/orderings.json",
     params:
@@ -118,6 +127,8 @@ rule tiny_models_table:
         mem_mb=res("tiny_models_table", "mem_mb"),
         runtime=res("tiny_models_table", "runtime"),
         gpu=0,
+    conda:
+        "../../envs/cpu.yaml"
     shell:
         "python -m opd.tiny_models_table --cards {input:q} --md {output.md:q}"
         " --csv {output.csv:q} --checks {output.checks:q} --params {params.cfg:q} > {log:q} 2>&1"
