@@ -1,4 +1,4 @@
-"""Shared fixtures: a small tiny world and tokenizer, built once per test run."""
+"""Shared fixtures (a small tiny world and tokenizer, built once per test module) and helpers."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ SMALL_WORLD = {
 }
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def small_world(tmp_path_factory) -> Path:
     from opd.build_tiny_world import build
 
@@ -38,7 +38,7 @@ def small_world(tmp_path_factory) -> Path:
     return out
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def small_tokenizer(small_world, tmp_path_factory) -> Path:
     from opd.build_tiny_tokenizer import main
 

@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 
 from opd.build_tiny_models import main as build_model
 from opd.build_tiny_tokenizer import main as build_tokenizer
-from opd.opd_train import TokenizerMismatch, check_same_tokenizer
+from opd.pair import TokenizerMismatch, check_same_tokenizer
 
 ARCH = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
         "num_attention_heads": 2, "num_key_value_heads": 1}

@@ -24,14 +24,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoTokenizer
 
 from opd.data import load_prompt_set
 from opd.generation import RolloutBatch, Sampling, sample_batch
 from opd.grading import is_correct
 from opd.io import write_json
 from opd.losses import opd_loss
-from opd.opd_train import check_same_tokenizer, load_model, response_logits
+from opd.pair import load_pair, response_logits
 from opd.prompts import apply_template, chat_prompt
 
 
@@ -48,11 +47,8 @@ def accuracy_by_prompt(batch: RolloutBatch, answers: list[str | None], n: int) -
 def diagnose(args: argparse.Namespace) -> dict[str, Any]:
     cfg = args.params
     torch.manual_seed(cfg["seed"])
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    tok = AutoTokenizer.from_pretrained(args.student)
-    check_same_tokenizer(tok, AutoTokenizer.from_pretrained(args.teacher), args.student, args.teacher)
-    student = load_model(args.student, device).eval()
-    teacher = load_model(args.teacher, device).eval()
+    tok, student, teacher = load_pair(args.student, args.teacher)
+    student.eval()
     prompts = load_prompt_set(args.prompts)
     picks = sorted(random.Random(cfg["seed"]).sample(range(len(prompts)),
                                                      min(cfg["n_prompts"], len(prompts))))

@@ -24,34 +24,14 @@ from typing import Any
 import pandas as pd
 import torch
 from tqdm import tqdm
-from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from opd.data import load_benchmark, load_prompt_set
-from opd.generation import RolloutBatch, Sampling, generate, position_ids, sample_batch
+from opd.generation import RolloutBatch, Sampling, generate, sample_batch
 from opd.grading import is_correct
 from opd.io import atomic_dir, write_json
 from opd.losses import opd_loss
+from opd.pair import load_pair, response_logits
 from opd.prompts import apply_template, chat_prompt
-
-
-class TokenizerMismatch(ValueError):
-    """Teacher and student do not share a tokenizer (OPD compares them token by token)."""
-
-
-def load_model(path: str, device: str) -> Any:
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32,
-                                                 trust_remote_code=False)
-    return model.to(device)
-
-
-def check_same_tokenizer(student_tok: Any, teacher_tok: Any, student: str, teacher: str) -> None:
-    vs, vt = student_tok.get_vocab(), teacher_tok.get_vocab()
-    if vs != vt:
-        only_s = len(set(vs.items()) - set(vt.items()))
-        raise TokenizerMismatch(
-            f"teacher {teacher} and student {student} do not share a tokenizer "
-            f"({len(vs)} vs {len(vt)} tokens, {only_s} student entries differ); OPD scores the "
-            "student's own tokens with the teacher, so both must use the same vocabulary")
 
 
 class PromptOrder:
@@ -69,14 +49,6 @@ class PromptOrder:
             out.append(perm[i])
             self.position += 1
         return out
-
-
-def response_logits(model: Any, batch: RolloutBatch) -> torch.Tensor:
-    """Logits [N, L, V] that predicted each response token."""
-    L = batch.response_mask.shape[1]
-    out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                position_ids=position_ids(batch.attention_mask), logits_to_keep=L + 1)
-    return out.logits[:, :-1]
 
 
 def validate(model: Any, tok: Any, benchmarks: dict[str, pd.DataFrame], template: str,
@@ -110,13 +82,10 @@ def save_checkpoint(path: Path, model: Any, tok: Any, opt: torch.optim.Optimizer
 def train(args: argparse.Namespace) -> dict[str, Any]:
     cfg = args.params
     torch.manual_seed(cfg["seed"])
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    tok = AutoTokenizer.from_pretrained(args.student)
-    check_same_tokenizer(tok, AutoTokenizer.from_pretrained(args.teacher), args.student, args.teacher)
     ckpt = args.out / "checkpoint"
     resume = (ckpt / "state.json").exists()
-    student = load_model(str(ckpt if resume else args.student), device)
-    teacher = load_model(args.teacher, device).eval().requires_grad_(False)
+    tok, student, teacher = load_pair(args.student, args.teacher,
+                                      str(ckpt) if resume else None)
     opt = torch.optim.AdamW(student.parameters(), lr=cfg["lr"], weight_decay=0.0)
     prompts = load_prompt_set(args.prompts)
     order = PromptOrder(len(prompts), cfg["seed"])
