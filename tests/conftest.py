@@ -48,8 +48,8 @@ def small_tokenizer(small_world, tmp_path_factory) -> Path:
 
 
 def copy_workflow(dest: Path) -> Path:
-    """A scratch copy of the workflow (Snakefile, rules, schema, configs) to run in."""
-    for item in ("Snakefile", "workflow", "config"):
+    """A scratch copy of the workflow (Snakefile, rules, schema, configs, envs) to run in."""
+    for item in ("Snakefile", "workflow", "config", "envs"):
         src = REPO / item
         (shutil.copytree if src.is_dir() else shutil.copy)(src, dest / item)
     return dest
