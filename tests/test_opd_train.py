@@ -143,3 +143,16 @@ def test_diagnose_pair_verdicts(pair, tmp_path, thresholds, verdict):
     for key in ("shared_mass_student", "entropy_gap", "reverse_kl", "student_solved",
                 "teacher_solved"):
         assert key in report
+
+
+def test_checkpoint_of_other_settings_is_not_resumed(pair, tmp_path):
+    out = tmp_path / "run"
+    first = subprocess.run(_cmd(pair, out, PARAMS), capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stderr[-3000:]
+    changed = {**PARAMS, "lr": PARAMS["lr"] / 2}
+    second = subprocess.run(_cmd(pair, out, changed), capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "starting afresh" in second.stdout and "resuming" not in second.stdout
+    assert [ln["step"] for ln in _lines(out / "metrics.jsonl")] == [0, 1, 2, 3]
+    state = json.loads((out / "checkpoint/state.json").read_text())
+    assert state["identity"]["params"]["lr"] == changed["lr"]

@@ -17,6 +17,7 @@ import argparse
 import json
 import math
 import random
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -66,8 +67,27 @@ def validate(model: Any, tok: Any, benchmarks: dict[str, pd.DataFrame], template
     return out
 
 
+def run_identity(args: argparse.Namespace) -> dict[str, Any]:
+    """What a checkpoint must match to be resumed: the pair, the prompts and every setting."""
+    return {"student": str(args.student), "teacher": str(args.teacher), "prompts": args.prompts,
+            "params": args.params}
+
+
+def resumable(ckpt: Path, identity: dict[str, Any]) -> bool:
+    """True when ``ckpt`` holds a checkpoint of this very run; a stale one is removed."""
+    state = ckpt / "state.json"
+    if not state.exists():
+        return False
+    if json.loads(state.read_text()).get("identity") == identity:
+        return True
+    print(f"{ckpt}: checkpoint of a run with other settings; starting afresh")
+    shutil.rmtree(ckpt)
+    return False
+
+
 def save_checkpoint(path: Path, model: Any, tok: Any, opt: torch.optim.Optimizer,
-                    step: int, order: PromptOrder, log_path: Path) -> None:
+                    step: int, order: PromptOrder, log_path: Path,
+                    identity: dict[str, Any]) -> None:
     """Model, optimizer, RNG, data position and the log so far (Snakemake deletes the outputs
     of a failed job, so the checkpoint keeps its own copy of the log)."""
     with atomic_dir(path) as tmp:
@@ -76,14 +96,16 @@ def save_checkpoint(path: Path, model: Any, tok: Any, opt: torch.optim.Optimizer
         torch.save({"optimizer": opt.state_dict(), "torch_rng": torch.get_rng_state()},
                    tmp / "trainer_state.pt")
         (tmp / "metrics.jsonl").write_text(log_path.read_text())
-        write_json(tmp / "state.json", {"step": step, "data_position": order.position})
+        write_json(tmp / "state.json", {"step": step, "data_position": order.position,
+                                        "identity": identity})
 
 
 def train(args: argparse.Namespace) -> dict[str, Any]:
     cfg = args.params
     torch.manual_seed(cfg["seed"])
     ckpt = args.out / "checkpoint"
-    resume = (ckpt / "state.json").exists()
+    identity = run_identity(args)
+    resume = resumable(ckpt, identity)
     tok, student, teacher = load_pair(args.student, args.teacher,
                                       str(ckpt) if resume else None)
     opt = torch.optim.AdamW(student.parameters(), lr=cfg["lr"], weight_decay=0.0)
@@ -156,7 +178,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             fh.write(json.dumps(line) + "\n")
         bar.set_postfix(loss=f"{agg.get('loss', 0):.4f}", overlap=f"{agg.get('overlap_ratio', 0):.3f}")
         if (step + 1) % cfg["checkpoint_every"] == 0 or last:
-            save_checkpoint(ckpt, student, tok, opt, step + 1, order, log_path)
+            save_checkpoint(ckpt, student, tok, opt, step + 1, order, log_path, identity)
     with atomic_dir(args.out / "final") as tmp:
         student.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)

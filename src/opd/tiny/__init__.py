@@ -1,0 +1,1 @@
+"""The tiny synthetic math world."""
