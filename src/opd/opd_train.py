@@ -40,14 +40,20 @@ class PromptOrder:
 
     def __init__(self, n: int, seed: int, position: int = 0):
         self.n, self.seed, self.position = n, seed, position
+        self._epoch, self._perm = -1, []
+
+    def _permutation(self, epoch: int) -> list[int]:
+        if epoch != self._epoch:
+            self._perm = list(range(self.n))
+            random.Random(self.seed * 100_003 + epoch).shuffle(self._perm)
+            self._epoch = epoch
+        return self._perm
 
     def take(self, k: int) -> list[int]:
         out = []
         for _ in range(k):
             epoch, i = divmod(self.position, self.n)
-            perm = list(range(self.n))
-            random.Random(self.seed * 100_003 + epoch).shuffle(perm)
-            out.append(perm[i])
+            out.append(self._permutation(epoch)[i])
             self.position += 1
         return out
 
@@ -189,23 +195,20 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def merge_buckets(buckets: list[dict]) -> list[dict]:
-    """Token-weighted average of per-micro-batch position buckets."""
-    merged: dict[int, dict] = {}
+    """Token-weighted average of per-micro-batch position buckets (NaN values left out)."""
+    sums: dict[int, dict[str, list[float]]] = {}
+    heads: dict[int, dict[str, int]] = {}
     for b in buckets:
-        m = merged.setdefault(b["bucket"], {"bucket": b["bucket"], "start": b["start"], "tokens": 0})
-        n = b["tokens"]
+        head = heads.setdefault(b["bucket"], {"bucket": b["bucket"], "start": b["start"], "tokens": 0})
+        head["tokens"] += b["tokens"]
         for k, v in b.items():
-            if k in ("bucket", "start", "tokens") or n == 0 or math.isnan(v):
+            if k in head or b["tokens"] == 0 or math.isnan(v):
                 continue
-            s, c = m.get(f"_{k}", (0.0, 0))
-            m[f"_{k}"] = (s + v * n, c + n)
-        m["tokens"] += n
-    out = []
-    for m in sorted(merged.values(), key=lambda d: d["bucket"]):
-        row = {k: v for k, v in m.items() if not k.startswith("_")}
-        row.update({k[1:]: s / c for k, (s, c) in ((k, v) for k, v in m.items() if k.startswith("_"))})
-        out.append(row)
-    return out
+            acc = sums.setdefault(b["bucket"], {}).setdefault(k, [0.0, 0])
+            acc[0] += v * b["tokens"]
+            acc[1] += b["tokens"]
+    return [{**heads[i], **{k: s / c for k, (s, c) in sums.get(i, {}).items()}}
+            for i in sorted(heads)]
 
 
 def main(argv: list[str] | None = None) -> None:
