@@ -11,7 +11,9 @@ if not workflow.overwrite_configfiles:
 include: "workflow/rules/common.smk"
 include: "workflow/rules/tiny.smk"
 include: "workflow/rules/data.smk"
+include: "workflow/rules/rollouts.smk"
 include: "workflow/rules/opd.smk"
+include: "workflow/rules/eval.smk"
 
 
 rule all:

@@ -57,6 +57,18 @@ def test_defaults_are_filled(tiny):
     (lambda c: c["experiments"]["strong_teacher"].update(opd={"top_k": 0}),
      "experiments.strong_teacher.opd.top_k"),
     (lambda c: c.update(templates={"bad": "no placeholder"}), "templates.bad"),
+    (lambda c: c["rollouts"]["mismatch_openthoughts"].update(teacher="nobody"),
+     "rollouts.mismatch_openthoughts.teacher"),
+    (lambda c: c["rollouts"]["mismatch_openthoughts"].update(shards=0),
+     "rollouts.mismatch_openthoughts.shards"),
+    (lambda c: c["cold_start"]["base_sft"].update(rollouts="none"), "cold_start.base_sft.rollouts"),
+    (lambda c: c["cold_start"]["base_sft"].update(lr=-1.0), "cold_start.base_sft.lr"),
+    (lambda c: c["models"].pop("base_sft"), "cold_start.base_sft"),
+    (lambda c: c["evaluation"].update(models=["nobody"]), "evaluation.models"),
+    (lambda c: c["generation"].update(engine="tgi"), "generation.engine"),
+    (lambda c: c.update(filters={"line_repeats": 1}), "filters.line_repeats"),
+    (lambda c: c["experiments"].update(base=c["experiments"]["strong_teacher"]),
+     "experiments.base"),
 ])
 def test_bad_config_names_the_key(tiny, mutate, key):
     cfg = copy.deepcopy(tiny)
@@ -91,3 +103,5 @@ def test_paper_config_replaces_the_tiny_default(workdir):
     proc = run_snakemake(["-n", "--configfile", "config/paper.yaml"], workdir)
     assert proc.returncode == 0, proc.stderr
     assert "build_tiny_world" not in proc.stdout  # the paper world builds no tiny data
+    for rule in ("teacher_rollouts", "filter_rollouts", "cold_start_sft", "evaluate"):
+        assert f"rule {rule}:" in proc.stdout, rule

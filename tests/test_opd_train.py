@@ -156,3 +156,16 @@ def test_checkpoint_of_other_settings_is_not_resumed(pair, tmp_path):
     assert [ln["step"] for ln in _lines(out / "metrics.jsonl")] == [0, 1, 2, 3]
     state = json.loads((out / "checkpoint/state.json").read_text())
     assert state["identity"]["params"]["lr"] == changed["lr"]
+
+
+def test_micro_batch_metrics_reweight_around_undefined_values():
+    from opd.opd_train import weighted_means
+
+    nan = float("nan")
+    parts = [({"loss": 1.0, "overlap_advantage": nan}, 10),
+             ({"loss": 4.0, "overlap_advantage": -2.0}, 30),
+             ({"loss": 2.0, "overlap_advantage": -1.0}, 10)]
+    out = weighted_means(parts)
+    assert out["loss"] == pytest.approx((10 * 1 + 30 * 4 + 10 * 2) / 50)
+    assert out["overlap_advantage"] == pytest.approx((30 * -2 + 10 * -1) / 40)
+    assert weighted_means([({"x": nan}, 5)]) == {}

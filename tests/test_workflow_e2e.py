@@ -75,6 +75,30 @@ def test_mismatched_teacher_collapses_while_compatible_teacher_stays_aligned(fin
     assert strong[-1]["reverse_kl"] < mismatched[-1]["reverse_kl"]
 
 
+def test_cold_start_chain(finished_run):
+    stats = json.loads((finished_run / "results/rollouts/mismatch_openthoughts/filter_stats.json")
+                       .read_text())
+    assert stats["dropped"]["truncated"] > 0 and stats["sft_examples"] > 0
+    assert stats["accepted"] + sum(stats["dropped"].values()) == stats["responses"]
+    sft = pd.read_parquet(finished_run / "results/rollouts/mismatch_openthoughts/sft.parquet")
+    assert len(sft) == stats["sft_examples"]
+    assert [t["role"] for t in sft["messages"][0]] == ["user", "assistant"]
+    check = json.loads((finished_run / "results/sft/base_sft/check.json").read_text())
+    assert check["teacher_pattern"] == "tally"
+    assert check["adopts_teacher_pattern"] and check["sft"]["teacher_pattern_share"] > 0.9
+    assert check["more_accurate"], (check["sft"]["avg_at_n"], check["base"]["avg_at_n"])
+
+
+def test_every_evaluation_has_a_summary(finished_run):
+    for model in ("base", "student", "base_sft", "strong_teacher", "mismatched_teacher"):
+        for bench in ("aime24", "aime25", "amc23"):
+            s = json.loads((finished_run / f"results/eval/{model}/{bench}.json").read_text())
+            assert s["samples_per_problem"] == 4 and 0.0 <= s["avg_at_n"] <= s["pass_at_n"] <= 1.0
+            rows = pd.read_parquet(finished_run / f"results/eval/{model}/{bench}.parquet")
+            assert len(rows) == s["problems"] * 4
+            assert rows["correct"].mean() == pytest.approx(s["avg_at_n"])
+
+
 def test_models_reload_offline_and_answer(finished_run):
     from opd.generation import Sampling, generate
     from opd.grading import is_correct

@@ -30,6 +30,7 @@ from transformers import Qwen3ForCausalLM
 from opd.io import atomic_dir
 from opd.prompts import EVAL_SUFFIX
 from opd.schemas import DAPO_PREFIX, DAPO_SUFFIX
+from opd.sft import collate, encode_chat
 from opd.tiny.problems import FRAME_POOLS, SCENARIOS, render, sample_problem, solution
 
 WRAPPERS = [("", EVAL_SUFFIX), ("", ""), (DAPO_PREFIX, DAPO_SUFFIX)]
@@ -88,20 +89,9 @@ def bucketed(stream: ExampleStream, batch_size: int, rng: random.Random,
 
 def encode_batch(tokenizer: Any, pairs: list[tuple[str, str]]) -> dict[str, torch.Tensor]:
     """Right-padded input ids, attention mask and labels masked to the assistant turn."""
-    seqs, labels = [], []
-    for prompt, response in pairs:
-        head = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
-                                             add_generation_prompt=True, enable_thinking=False)
-        head_ids = tokenizer(head, add_special_tokens=False)["input_ids"]
-        tail_ids = tokenizer(response + tokenizer.eos_token, add_special_tokens=False)["input_ids"]
-        seqs.append(head_ids + tail_ids)
-        labels.append([-100] * len(head_ids) + tail_ids)
-    width = max(map(len, seqs))
-    pad = tokenizer.pad_token_id
-    ids_BT = torch.tensor([s + [pad] * (width - len(s)) for s in seqs])
-    mask_BT = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in seqs])
-    labels_BT = torch.tensor([lab + [-100] * (width - len(lab)) for lab in labels])
-    return {"input_ids": ids_BT, "attention_mask": mask_BT, "labels": labels_BT}
+    chats = [[{"role": "user", "content": p}, {"role": "assistant", "content": r}]
+             for p, r in pairs]
+    return collate([encode_chat(tokenizer, c) for c in chats], tokenizer.pad_token_id)
 
 
 def lr_at(step: int, recipe: dict[str, Any]) -> float:

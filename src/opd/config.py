@@ -83,6 +83,31 @@ def _check_references(config: dict[str, Any]) -> None:
                 unknown = sorted(set(merged) - set(opd_schema["properties"]))
                 raise ConfigError(f"{where}.opd.{', '.join(unknown)}: unknown key")
             raise ConfigError(f"{where}.opd.{key}: {err.message}")
+    for name, spec in config.get("rollouts", {}).items():
+        for key, registry in (("teacher", "models"), ("prompts", "prompt_sets"),
+                              ("template", "templates")):
+            if spec[key] not in config.get(registry, {}):
+                raise ConfigError(f"rollouts.{name}.{key}: unknown {registry} entry {spec[key]!r}")
+    for name, spec in config.get("cold_start", {}).items():
+        for key, registry in (("student", "models"), ("rollouts", "rollouts")):
+            if spec[key] not in config.get(registry, {}):
+                raise ConfigError(f"cold_start.{name}.{key}: unknown {registry} entry {spec[key]!r}")
+    clash = set(config.get("experiments", {})) & set(config.get("models", {}))
+    if clash:
+        raise ConfigError(f"experiments.{sorted(clash)[0]}: an experiment may not share its name "
+                          "with a model (evaluation results are stored by name)")
+    for name in config.get("cold_start", {}):
+        expected = f"results/sft/{name}/final"
+        spec = config.get("models", {}).get(name)
+        if spec is None or spec.get("path") != expected:
+            raise ConfigError(f"cold_start.{name}: list the SFT student under models as "
+                              f"{name}: {{path: {expected}}} so experiments can use it")
+    evaluation = config.get("evaluation", {})
+    for name in evaluation.get("models", []):
+        if name not in config.get("models", {}):
+            raise ConfigError(f"evaluation.models: unknown models entry {name!r}")
+    if evaluation and evaluation["template"] not in config.get("templates", {}):
+        raise ConfigError(f"evaluation.template: unknown templates entry {evaluation['template']!r}")
     tiny = config.get("tiny_models", {})
     archs, models = tiny.get("archs", {}), tiny.get("models", {})
     for name, recipe in models.items():

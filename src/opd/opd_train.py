@@ -32,6 +32,7 @@ from opd.grading import is_correct
 from opd.io import atomic_dir, write_json
 from opd.losses import opd_loss
 from opd.pair import load_pair, response_logits
+from opd.tb import tensorboard
 from opd.prompts import apply_template, chat_prompt
 
 
@@ -134,6 +135,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     sampling = Sampling(max_new_tokens=cfg["max_response_tokens"], temperature=cfg["temperature"],
                         top_p=1.0, seed=cfg["seed"])
     n_resp, micro = cfg["responses_per_prompt"], cfg["micro_batch_size"]
+    writer = tensorboard(args.out / "tb")
     bar = tqdm(range(start, cfg["steps"]), desc="opd", initial=start, total=cfg["steps"])
     for step in bar:
         t0 = time.time()
@@ -146,7 +148,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         student.train()
         total_tokens = int(batch.response_mask.sum())
         opt.zero_grad(set_to_none=True)
-        agg: dict[str, float] = {}
+        parts: list[tuple[dict[str, float], int]] = []
         buckets: list[dict] = []
         for s in range(0, len(texts), micro):
             mb = RolloutBatch(batch.input_ids[s:s + micro], batch.attention_mask[s:s + micro],
@@ -162,13 +164,9 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
                 weighting=cfg["weighting"], clip_range=cfg["clip_range"],
                 chunk_size=cfg["chunk_size"], bucket_size=cfg["bucket_size"])
             (loss * n_tok / total_tokens).backward()
-            share = n_tok / total_tokens
-            agg["loss"] = agg.get("loss", 0.0) + loss.item() * share
-            for k, v in metrics.items():
-                if k == "buckets":
-                    buckets += v
-                elif not math.isnan(v):
-                    agg[k] = agg.get(k, 0.0) + v * share
+            buckets += metrics.pop("buckets", [])
+            parts.append(({"loss": loss.item(), **metrics}, n_tok))
+        agg = weighted_means(parts)
         grad_norm = float(torch.nn.utils.clip_grad_norm_(student.parameters(), cfg["grad_clip"]))
         opt.step()
         graded = [is_correct(c.text, a) for c, a in zip(batch.completions, answers) if a]
@@ -182,9 +180,13 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             line.update(validate(student, tok, benchmarks, template, cfg, cfg["seed"] + step))
         with log_path.open("a") as fh:
             fh.write(json.dumps(line) + "\n")
+        for k, v in line.items():
+            if isinstance(v, (int, float)) and k != "step":
+                writer.add_scalar(f"opd/{k}", v, step)
         bar.set_postfix(loss=f"{agg.get('loss', 0):.4f}", overlap=f"{agg.get('overlap_ratio', 0):.3f}")
         if (step + 1) % cfg["checkpoint_every"] == 0 or last:
             save_checkpoint(ckpt, student, tok, opt, step + 1, order, log_path, identity)
+    writer.close()
     with atomic_dir(args.out / "final") as tmp:
         student.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
@@ -192,6 +194,19 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     summary = {"steps": cfg["steps"], "first": lines[0], "last": lines[-1], "params": cfg}
     write_json(args.out / "summary.json", summary)
     return summary
+
+
+def weighted_means(parts: list[tuple[dict[str, float], int]]) -> dict[str, float]:
+    """Token-weighted mean of each metric over micro-batches. A metric undefined (NaN) in a
+    micro-batch is averaged over the others only; one undefined everywhere is left out."""
+    sums: dict[str, list[float]] = {}
+    for metrics, tokens in parts:
+        for k, v in metrics.items():
+            if not math.isnan(v):
+                acc = sums.setdefault(k, [0.0, 0])
+                acc[0] += v * tokens
+                acc[1] += tokens
+    return {k: num / den for k, (num, den) in sums.items()}
 
 
 def merge_buckets(buckets: list[dict]) -> list[dict]:

@@ -2,6 +2,7 @@
 import json
 import os
 import shlex
+import sys
 
 from opd.config import ConfigError, validate
 
@@ -95,10 +96,26 @@ def model_location(name):
     return spec.get("path") or spec["hub_id"]
 
 
+_WARNED = set()
+
+
 def model_input(name):
-    """A local model directory as an input (so the tiny world builds it first); none for hub ids."""
+    """A local model directory as an input (so the workflow builds it first); none for hub ids.
+
+    A directory outside results/ that does not exist yet (e.g. a checkpoint still to be copied
+    to the cluster) is not an input, so the DAG can be listed; its jobs fail when they load it.
+    """
     spec = config["models"][name]
-    return [spec["path"]] if "path" in spec else []
+    if "path" not in spec:
+        return []
+    path = spec["path"]
+    if path.startswith(f"{RESULTS}/") or os.path.exists(path):
+        return [path]
+    if name not in _WARNED:
+        _WARNED.add(name)
+        print(f"warning: models.{name}.path {path!r} does not exist; jobs that use it will fail",
+              file=sys.stderr)
+    return []
 
 
 def prompt_set_input(name):
@@ -132,7 +149,71 @@ def all_targets():
     ]
     targets += [f"{RESULTS}/diagnose/{e}.json" for e in experiments()]
     targets += [f"{RESULTS}/opd/{e}/summary.json" for e in experiments()]
+    targets += [f"{RESULTS}/rollouts/{r}/filter_stats.json" for r in config["rollouts"]]
+    targets += [f"{RESULTS}/sft/{c}/summary.json" for c in config["cold_start"]]
+    targets += [s for m in evaluated_models() for s in eval_summaries(m)]
     if config["world"] == "tiny":
         targets += [f"{TINY_MODELS_DIR}/{m}.card.json" for m in tiny_models()]
         targets += [f"{RESULTS}/tables/tiny_models.md", f"{RESULTS}/tables/tiny_models.csv"]
+        targets += [f"{RESULTS}/sft/{c}/check.json" for c in config["cold_start"]]
     return targets
+
+
+def rollouts_spec(name):
+    return config["rollouts"][name]
+
+
+def rollouts_params(name):
+    """A rollout set's settings with the generation engine, filters and template resolved."""
+    spec = dict(config["rollouts"][name])
+    spec["template"] = config["templates"][spec["template"]]
+    return {**spec, **config["generation"], "filters": config["filters"]}
+
+
+def rollout_shards(name):
+    n = config["rollouts"][name]["shards"]
+    return [f"{RESULTS}/rollouts/{name}/shard-{i}-of-{n}.parquet" for i in range(n)]
+
+
+def cold_start_params(name):
+    spec = dict(config["cold_start"][name])
+    return {k: v for k, v in spec.items() if k not in ("student", "rollouts", "accelerate_config")}
+
+
+def launcher(rule_name, accelerate_config=None):
+    """`python` for one process, `accelerate launch` over the rule's GPUs for several."""
+    gpus = int(res(rule_name, "gpu") or 0)
+    if gpus <= 1:
+        return "python"
+    cmd = ["accelerate", "launch", "--num_processes", str(gpus)]
+    if accelerate_config:
+        cmd += ["--config_file", os.path.join(workflow.basedir, accelerate_config)]
+    return shlex.join(cmd)
+
+
+def evaluated_models():
+    """Registry models listed under evaluation.models, then every experiment's final student."""
+    return list(config["evaluation"]["models"]) + experiments()
+
+
+def eval_model_location(name):
+    if name in config["models"]:
+        return model_location(name)
+    return f"{RESULTS}/opd/{name}/final"
+
+
+def eval_model_input(name):
+    if name in config["models"]:
+        return model_input(name)
+    return [f"{RESULTS}/opd/{name}/final"]
+
+
+def eval_params():
+    cfg = dict(config["evaluation"])
+    cfg.pop("models")
+    cfg["template"] = config["templates"][cfg["template"]]
+    return {**cfg, **config["generation"]}
+
+
+def eval_summaries(name):
+    return [f"{RESULTS}/eval/{name}/{b}.json" for b in config["benchmarks"]]

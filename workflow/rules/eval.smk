@@ -1,0 +1,37 @@
+# Benchmark evaluation (both worlds): one job per model and benchmark; models are the registry
+# entries listed in `evaluation.models` and every experiment's final student.
+
+
+rule evaluate:
+    input:
+        model=lambda w: eval_model_input(w.model),
+        benchmark=lambda w: [config["benchmarks"][w.benchmark]["path"]]
+        if "path" in config["benchmarks"][w.benchmark] else [],
+    output:
+        samples=f"{RESULTS}/eval/{{model}}/{{benchmark}}.parquet",
+        summary=f"{RESULTS}/eval/{{model}}/{{benchmark}}.json",
+    wildcard_constraints:
+        model="|".join(list(config["models"]) + experiments()) or "__none__",
+        benchmark="|".join(config["benchmarks"]) or "__none__",
+    params:
+        model=lambda w: eval_model_location(w.model),
+        benchmark=lambda w: as_json(config["benchmarks"][w.benchmark]),
+        cfg=lambda w: as_json(eval_params()),
+    log:
+        log_path("evaluate", "{model}/{benchmark}"),
+    benchmark:
+        bench_path("evaluate", "{model}/{benchmark}")
+    threads: res("evaluate", "threads")
+    resources:
+        mem_mb=res("evaluate", "mem_mb"),
+        runtime=res("evaluate", "runtime"),
+        gpu=res("evaluate", "gpu"),
+        gpu_model=res("evaluate", "gpu_model"),
+        slurm_partition=res("evaluate", "slurm_partition"),
+        slurm_account=res("evaluate", "slurm_account"),
+    conda:
+        "../../envs/vllm.yaml"
+    shell:
+        "python -m opd.evaluate --model {params.model:q} --benchmark {params.benchmark:q}"
+        " --out {output.samples:q} --summary {output.summary:q} --params {params.cfg:q}"
+        " --threads {threads} > {log:q} 2>&1"
