@@ -40,10 +40,20 @@ def as_json(obj):
 def res(rule_name, key):
     """A resource for a rule: its own entry in config.resources.rules, else the default."""
     own = config["resources"]["rules"].get(rule_name, {})
-    value = own.get(key, config["resources"]["default"].get(key))
-    if value is None and key in ("slurm_partition", "slurm_account", "gpu_model"):
-        return ""
-    return value
+    return own.get(key, config["resources"]["default"].get(key))
+
+
+SCHEDULER_KEYS = ("mem_mb", "runtime", "gpu", "gpu_model", "cpus_per_gpu", "slurm_partition",
+                  "slurm_account")
+
+
+def rule_resources(rule_name):
+    """Scheduler resources of a rule from config (its own entry over the default), for
+    `resources: **rule_resources(...)`. Unset keys are left out, so slurm gets no empty flags;
+    CPU rules carry gpu=0 and no GPU request."""
+    own = config["resources"]["rules"].get(rule_name, {})
+    merged = {**config["resources"]["default"], **own}
+    return {k: merged[k] for k in SCHEDULER_KEYS if merged.get(k) not in (None, "")}
 
 
 def log_path(rule_name, stem="{wildcards}"):
@@ -167,7 +177,15 @@ def rollouts_params(name):
     """A rollout set's settings with the generation engine, filters and template resolved."""
     spec = dict(config["rollouts"][name])
     spec["template"] = config["templates"][spec["template"]]
-    return {**spec, **config["generation"], "filters": config["filters"]}
+    return {**spec, **generation("teacher_rollouts"), "filters": config["filters"]}
+
+
+def generation(rule_name):
+    """Generation engine settings for a rule; vLLM spans the job's GPUs unless set."""
+    gen = dict(config["generation"])
+    if gen["tensor_parallel_size"] is None:
+        gen["tensor_parallel_size"] = max(1, int(res(rule_name, "gpu") or 0))
+    return gen
 
 
 def rollout_shards(name):
@@ -212,7 +230,7 @@ def eval_params():
     cfg = dict(config["evaluation"])
     cfg.pop("models")
     cfg["template"] = config["templates"][cfg["template"]]
-    return {**cfg, **config["generation"]}
+    return {**cfg, **generation("evaluate")}
 
 
 def eval_summaries(name):

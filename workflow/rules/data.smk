@@ -18,9 +18,7 @@ rule sample_openthoughts:
         bench_path("sample_openthoughts", "sample")
     threads: 1
     resources:
-        mem_mb=res("sample_openthoughts", "mem_mb"),
-        runtime=res("sample_openthoughts", "runtime"),
-        gpu=0,
+        **rule_resources("sample_openthoughts"),
     conda:
         "../../envs/cpu.yaml"
     shell:
@@ -45,9 +43,7 @@ rule dedup_exact:
         bench_path("dedup_exact", "exact")
     threads: 1
     resources:
-        mem_mb=res("dedup_exact", "mem_mb"),
-        runtime=res("dedup_exact", "runtime"),
-        gpu=0,
+        **rule_resources("dedup_exact"),
     conda:
         "../../envs/cpu.yaml"
     shell:
@@ -77,9 +73,7 @@ rule embed_dedup_texts:
         bench_path("embed_dedup_texts", "embed")
     threads: res("embed_dedup_texts", "threads")
     resources:
-        mem_mb=res("embed_dedup_texts", "mem_mb"),
-        runtime=res("embed_dedup_texts", "runtime"),
-        gpu=res("embed_dedup_texts", "gpu"),
+        **rule_resources("embed_dedup_texts"),
     conda:
         "../../envs/cpu.yaml"
     shell:
@@ -110,9 +104,7 @@ rule dedup_semantic:
         bench_path("dedup_semantic", "semantic")
     threads: 1
     resources:
-        mem_mb=res("dedup_semantic", "mem_mb"),
-        runtime=res("dedup_semantic", "runtime"),
-        gpu=0,
+        **rule_resources("dedup_semantic"),
     conda:
         "../../envs/cpu.yaml"
     shell:
@@ -136,9 +128,7 @@ rule dedup_table:
         bench_path("dedup_table", "table")
     threads: 1
     resources:
-        mem_mb=res("dedup_table", "mem_mb"),
-        runtime=res("dedup_table", "runtime"),
-        gpu=0,
+        **rule_resources("dedup_table"),
     conda:
         "../../envs/cpu.yaml"
     shell:

@@ -23,12 +23,7 @@ rule evaluate:
         bench_path("evaluate", "{model}/{benchmark}")
     threads: res("evaluate", "threads")
     resources:
-        mem_mb=res("evaluate", "mem_mb"),
-        runtime=res("evaluate", "runtime"),
-        gpu=res("evaluate", "gpu"),
-        gpu_model=res("evaluate", "gpu_model"),
-        slurm_partition=res("evaluate", "slurm_partition"),
-        slurm_account=res("evaluate", "slurm_account"),
+        **rule_resources("evaluate"),
     conda:
         "../../envs/vllm.yaml"
     shell:

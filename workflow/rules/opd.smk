@@ -23,12 +23,7 @@ rule diagnose_pair:
         bench_path("diagnose_pair", "{experiment}")
     threads: res("diagnose_pair", "threads")
     resources:
-        mem_mb=res("diagnose_pair", "mem_mb"),
-        runtime=res("diagnose_pair", "runtime"),
-        gpu=res("diagnose_pair", "gpu"),
-        gpu_model=res("diagnose_pair", "gpu_model"),
-        slurm_partition=res("diagnose_pair", "slurm_partition"),
-        slurm_account=res("diagnose_pair", "slurm_account"),
+        **rule_resources("diagnose_pair"),
     conda:
         "../../envs/gpu.yaml"
     shell:
@@ -62,12 +57,7 @@ rule opd_train:
         bench_path("opd_train", "{experiment}")
     threads: res("opd_train", "threads")
     resources:
-        mem_mb=res("opd_train", "mem_mb"),
-        runtime=res("opd_train", "runtime"),
-        gpu=res("opd_train", "gpu"),
-        gpu_model=res("opd_train", "gpu_model"),
-        slurm_partition=res("opd_train", "slurm_partition"),
-        slurm_account=res("opd_train", "slurm_account"),
+        **rule_resources("opd_train"),
     conda:
         "../../envs/gpu.yaml"
     shell:

@@ -24,12 +24,7 @@ rule teacher_rollouts:
         bench_path("teacher_rollouts", "{rollouts}/shard-{shard}-of-{shards}")
     threads: res("teacher_rollouts", "threads")
     resources:
-        mem_mb=res("teacher_rollouts", "mem_mb"),
-        runtime=res("teacher_rollouts", "runtime"),
-        gpu=res("teacher_rollouts", "gpu"),
-        gpu_model=res("teacher_rollouts", "gpu_model"),
-        slurm_partition=res("teacher_rollouts", "slurm_partition"),
-        slurm_account=res("teacher_rollouts", "slurm_account"),
+        **rule_resources("teacher_rollouts"),
     conda:
         "../../envs/vllm.yaml"
     shell:
@@ -56,10 +51,7 @@ rule filter_rollouts:
         bench_path("filter_rollouts", "{rollouts}")
     threads: 1
     resources:
-        mem_mb=res("filter_rollouts", "mem_mb"),
-        runtime=res("filter_rollouts", "runtime"),
-        slurm_partition=res("filter_rollouts", "slurm_partition"),
-        slurm_account=res("filter_rollouts", "slurm_account"),
+        **rule_resources("filter_rollouts"),
     conda:
         "../../envs/cpu.yaml"
     shell:
@@ -88,12 +80,7 @@ rule cold_start_sft:
         bench_path("cold_start_sft", "{name}")
     threads: res("cold_start_sft", "threads")
     resources:
-        mem_mb=res("cold_start_sft", "mem_mb"),
-        runtime=res("cold_start_sft", "runtime"),
-        gpu=res("cold_start_sft", "gpu"),
-        gpu_model=res("cold_start_sft", "gpu_model"),
-        slurm_partition=res("cold_start_sft", "slurm_partition"),
-        slurm_account=res("cold_start_sft", "slurm_account"),
+        **rule_resources("cold_start_sft"),
     conda:
         "../../envs/gpu.yaml"
     shell:
@@ -119,8 +106,7 @@ rule cold_start_check:
         bench_path("cold_start_check", "{name}")
     threads: 1
     resources:
-        mem_mb=res("cold_start_check", "mem_mb"),
-        runtime=res("cold_start_check", "runtime"),
+        **rule_resources("cold_start_check"),
     conda:
         "../../envs/cpu.yaml"
     shell:

@@ -16,9 +16,7 @@ rule build_tiny_world:
         bench_path("build_tiny_world", "world")
     threads: 1
     resources:
-        mem_mb=res("build_tiny_world", "mem_mb"),
-        runtime=res("build_tiny_world", "runtime"),
-        gpu=0,
+        **rule_resources("build_tiny_world"),
     conda:
         "../../envs/cpu.yaml"
     shell:
@@ -40,9 +38,7 @@ rule build_tiny_tokenizer:
         bench_path("build_tiny_tokenizer", "tokenizer")
     threads: 1
     resources:
-        mem_mb=res("build_tiny_tokenizer", "mem_mb"),
-        runtime=res("build_tiny_tokenizer", "runtime"),
-        gpu=0,
+        **rule_resources("build_tiny_tokenizer"),
     conda:
         "../../envs/cpu.yaml"
     shell:
@@ -69,9 +65,7 @@ rule build_tiny_models:
         bench_path("build_tiny_models", "{model}")
     threads: res("build_tiny_models", "threads")
     resources:
-        mem_mb=res("build_tiny_models", "mem_mb"),
-        runtime=res("build_tiny_models", "runtime"),
-        gpu=0,
+        **rule_resources("build_tiny_models"),
     conda:
         "../../envs/cpu.yaml"
     shell:
@@ -98,9 +92,7 @@ rule tiny_model_card:
         bench_path("tiny_model_card", "{model}")
     threads: 1
     resources:
-        mem_mb=res("tiny_model_card", "mem_mb"),
-        runtime=res("tiny_model_card", "runtime"),
-        gpu=0,
+        **rule_resources("tiny_model_card"),
     conda:
         "../../envs/cpu.yaml"
     shell:
@@ -124,9 +116,7 @@ rule tiny_models_table:
         bench_path("tiny_models_table", "table")
     threads: 1
     resources:
-        mem_mb=res("tiny_models_table", "mem_mb"),
-        runtime=res("tiny_models_table", "runtime"),
-        gpu=0,
+        **rule_resources("tiny_models_table"),
     conda:
         "../../envs/cpu.yaml"
     shell:
