@@ -107,7 +107,8 @@ def train(recipe: dict[str, Any], tokenizer: Any, heldout: set[tuple],
           init: Path | None) -> tuple[Qwen3ForCausalLM, dict[str, Any]]:
     torch.manual_seed(recipe["seed"])
     if init is not None:
-        model = AutoModelForCausalLM.from_pretrained(init, dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(init, dtype=torch.float32,
+                                                     trust_remote_code=False)
     else:
         model = Qwen3ForCausalLM(make_config(recipe["arch"], tokenizer))
     model.train()

@@ -102,6 +102,17 @@ def _check_references(config: dict[str, Any]) -> None:
         if spec is None or spec.get("path") != expected:
             raise ConfigError(f"cold_start.{name}: list the SFT student under models as "
                               f"{name}: {{path: {expected}}} so experiments can use it")
+    for gname, group in config.get("groups", {}).items():
+        for e in group["experiments"]:
+            if e not in config.get("experiments", {}):
+                raise ConfigError(f"groups.{gname}.experiments: unknown experiment {e!r}")
+        for i, claim in enumerate(group["claims"]):
+            for side in ("a", "b"):
+                if claim.get(side) is not None and claim[side] not in group["experiments"]:
+                    raise ConfigError(f"groups.{gname}.claims[{i}].{side}: {claim[side]!r} is "
+                                      "not an experiment of the group")
+            if claim.get("b") is None and claim.get("value") is None:
+                raise ConfigError(f"groups.{gname}.claims[{i}]: give b (an experiment) or value")
     evaluation = config.get("evaluation", {})
     for name in evaluation.get("models", []):
         if name not in config.get("models", {}):

@@ -38,7 +38,7 @@ METRICS = ("overlap_ratio", "overlap_advantage", "nonoverlap_advantage", "entrop
 @dataclass
 class _Support:
     idx_BCM: torch.Tensor | None  # vocabulary ids of the support; None = whole vocabulary
-    valid_BCM: torch.Tensor        # which entries of idx are real members (float 0/1)
+    valid_BCM: torch.Tensor | None  # which entries of idx are real members (float 0/1); None = all
 
 
 def _support(variant: str, support: str, logp_BCV: torch.Tensor, logq_BCV: torch.Tensor,
@@ -47,7 +47,7 @@ def _support(variant: str, support: str, logp_BCV: torch.Tensor, logq_BCV: torch
         idx = tokens_BC.unsqueeze(-1)
         return _Support(idx, torch.ones_like(idx, dtype=logp_BCV.dtype))
     if variant == "full":
-        return _Support(None, torch.ones_like(logp_BCV))
+        return _Support(None, None)
     top_s = logp_BCV.topk(top_k, dim=-1).indices
     top_t = logq_BCV.topk(top_k, dim=-1).indices
     if support == "student":
@@ -68,8 +68,12 @@ def _take(x_BCV: torch.Tensor, idx_BCM: torch.Tensor | None) -> torch.Tensor:
     return x_BCV if idx_BCM is None else x_BCV.gather(-1, idx_BCM)
 
 
-def _advantage(logp_g: torch.Tensor, logq_g: torch.Tensor, valid: torch.Tensor,
+def _advantage(logp_g: torch.Tensor, logq_g: torch.Tensor, valid: torch.Tensor | None,
                variant: str, weighting: str) -> torch.Tensor:
+    if valid is None:  # the whole vocabulary: weights need no renormalisation
+        if weighting == "none":
+            return logq_g - logp_g
+        return (logp_g if weighting == "student_p" else logq_g).exp() * (logq_g - logp_g)
     if variant == "sampled" or weighting == "none":
         w = valid
     else:
@@ -80,12 +84,16 @@ def _advantage(logp_g: torch.Tensor, logq_g: torch.Tensor, valid: torch.Tensor,
 
 
 def _surrogate(student_BCV: torch.Tensor, idx_BCM: torch.Tensor | None, adv: torch.Tensor,
-               valid: torch.Tensor, old_g: torch.Tensor | None, clip: float) -> torch.Tensor:
+               valid: torch.Tensor | None, old_g: torch.Tensor | None, clip: float) -> torch.Tensor:
     """Per-token policy-gradient loss ``-sum_v min(r A, clip(r) A)``, shape [B, C]."""
     logp = _take(torch.log_softmax(student_BCV.float(), dim=-1), idx_BCM)
-    ratio = torch.exp(logp - (logp.detach() if old_g is None else old_g))
-    surr = torch.minimum(ratio * adv, ratio.clamp(1 - clip, 1 + clip) * adv)
-    return -(surr * valid).sum(-1)
+    if old_g is None:
+        # on-policy: r = 1 in value, so clipping never binds and min(rA, clip(r)A) = rA
+        surr = torch.exp(logp - logp.detach()) * adv
+    else:
+        ratio = torch.exp(logp - old_g)
+        surr = torch.minimum(ratio * adv, ratio.clamp(1 - clip, 1 + clip) * adv)
+    return -(surr if valid is None else surr * valid).sum(-1)
 
 
 @torch.no_grad()

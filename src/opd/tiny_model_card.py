@@ -47,7 +47,8 @@ def summarise(df: pd.DataFrame) -> dict[str, Any]:
 
 def card(model_dir: Path, world: Path, params: dict[str, Any]) -> dict[str, Any]:
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32,
+                                                 trust_remote_code=False).eval()
     probe = score(model, tokenizer, read_table(world / "probe.parquet"), params)
     by_level = {str(d): round(float(g["correct"].mean()), 4)
                 for d, g in probe.groupby("difficulty")}

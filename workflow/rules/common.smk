@@ -162,6 +162,8 @@ def all_targets():
     targets += [f"{RESULTS}/rollouts/{r}/filter_stats.json" for r in config["rollouts"]]
     targets += [f"{RESULTS}/sft/{c}/summary.json" for c in config["cold_start"]]
     targets += [s for m in evaluated_models() for s in eval_summaries(m)]
+    if config["groups"]:
+        targets += [f"{RESULTS}/tables/README.md", f"{RESULTS}/figures/{next(iter(config['groups']))}.png"]
     if config["world"] == "tiny":
         targets += [f"{TINY_MODELS_DIR}/{m}.card.json" for m in tiny_models()]
         targets += [f"{RESULTS}/tables/tiny_models.md", f"{RESULTS}/tables/tiny_models.csv"]
@@ -235,3 +237,12 @@ def eval_params():
 
 def eval_summaries(name):
     return [f"{RESULTS}/eval/{name}/{b}.json" for b in config["benchmarks"]]
+
+
+def grouped_experiments():
+    return sorted({e for g in config["groups"].values() for e in g["experiments"]})
+
+
+def per_position_experiments():
+    return sorted({e for g in config["groups"].values() if g["per_position"]
+                   for e in g["experiments"]})

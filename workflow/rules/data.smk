@@ -78,7 +78,7 @@ rule embed_dedup_texts:
         "../../envs/cpu.yaml"
     shell:
         "python -m opd.embed_texts --dapo {params.dapo:q} --deepmath {params.deepmath:q}"
-        " --model {params.model:q} --batch-size {params.batch} --out-dapo {output.dapo:q}"
+        " --model {params.model:q} --batch-size {params.batch:q} --out-dapo {output.dapo:q}"
         " --out-deepmath {output.deepmath:q} --meta {output.meta:q}"
         " --on-bad-row {params.on_bad_row:q} > {log:q} 2>&1"
 
@@ -111,7 +111,7 @@ rule dedup_semantic:
         "python -m opd.dedup_semantic --dapo {params.dapo:q} --deepmath {params.deepmath:q}"
         " --exact-removed {input.exact:q} --emb-dapo {input.emb[0]:q}"
         " --emb-deepmath {input.emb[1]:q} --meta {input.emb[2]:q}"
-        " --threshold {params.threshold} --kept {output.kept:q} --removed {output.removed:q}"
+        " --threshold {params.threshold:q} --kept {output.kept:q} --removed {output.removed:q}"
         " --stats {output.stats:q} {params.planted} --on-bad-row {params.on_bad_row:q}"
         " > {log:q} 2>&1"
 
