@@ -8,7 +8,7 @@ SNAKEMAKE_ARGS ?=
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-fast dry-run bench-faiss lock clean-results
+.PHONY: run test test-fast dry-run bench bench-faiss bench-loss bench-trl bench-pipeline lock clean-results
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,8 +29,23 @@ test-fast: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -m "not slow"
 
 # Benchmarks write results/benchmarks/*.json and *.md (not part of the test suite).
+bench: bench-faiss bench-loss bench-trl bench-pipeline
+
 bench-faiss: $(STAMP)
 	$(BIN)/python benchmarks/faiss_search.py
+
+bench-loss: $(STAMP)
+	$(BIN)/python benchmarks/opd_loss_memory.py
+
+# Needs the tiny models (make run) and TRL (the `bench` extra, installed here on first use).
+bench-trl: $(STAMP)
+	$(BIN)/python -c "import trl" 2>/dev/null || \
+		$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev,bench]'
+	$(BIN)/python benchmarks/opd_step_vs_trl.py
+
+# A clean tiny pipeline in a scratch copy, then a no-op rerun.
+bench-pipeline: $(STAMP)
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python benchmarks/pipeline_wall_time.py
 
 # Re-pin every installed package (after changing a version in pyproject.toml).
 lock: $(STAMP)

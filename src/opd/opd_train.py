@@ -74,6 +74,13 @@ def validate(model: Any, tok: Any, benchmarks: dict[str, pd.DataFrame], template
     return out
 
 
+def autocast(cfg: dict[str, Any]) -> Any:
+    """bf16 autocast of the forward passes on GPU (fp32 master weights stay as they are);
+    a no-op on CPU. The loss upcasts logits to float32."""
+    on = torch.cuda.is_available() and cfg.get("mixed_precision", "bf16") == "bf16"
+    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=on)
+
+
 def run_identity(args: argparse.Namespace) -> dict[str, Any]:
     """What a checkpoint must match to be resumed: the pair, the prompts and every setting."""
     return {"student": str(args.student), "teacher": str(args.teacher), "prompts": args.prompts,
@@ -156,10 +163,12 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             n_tok = int(mb.response_mask.sum())
             if n_tok == 0:
                 continue
-            with torch.no_grad():
+            with torch.no_grad(), autocast(cfg):
                 t_logits = response_logits(teacher, mb) / cfg["teacher_temperature"]
+            with autocast(cfg):
+                s_logits = response_logits(student, mb)
             loss, metrics = opd_loss(
-                response_logits(student, mb), t_logits, mb.response_ids, mb.response_mask,
+                s_logits, t_logits, mb.response_ids, mb.response_mask,
                 variant=cfg["variant"], top_k=cfg["top_k"], support=cfg["support"],
                 weighting=cfg["weighting"], clip_range=cfg["clip_range"],
                 chunk_size=cfg["chunk_size"], bucket_size=cfg["bucket_size"])
