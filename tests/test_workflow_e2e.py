@@ -55,6 +55,24 @@ def test_diagnosis_tells_compatible_from_mismatched_teacher(finished_run):
     assert strong["overlap_ratio"] > mismatched["overlap_ratio"]
 
 
+def test_group_tables_figures_and_claims(finished_run):
+    groups = ("thinking_pattern", "new_capability", "weak_to_strong", "objectives", "rescue")
+    for g in groups:
+        df = pd.read_csv(finished_run / f"results/tables/{g}.csv")
+        assert len(df) >= 2 and df["accuracy_final"].between(0, 1).all()
+        assert (finished_run / f"results/tables/{g}.md").read_text().startswith("# ")
+        png = (finished_run / f"results/figures/{g}.png").read_bytes()
+        assert png[:4] == b"\x89PNG"
+    assert (finished_run / "results/figures/long_horizon_strong_topk.png").exists()
+    summary = (finished_run / "results/tables/README.md").read_text()
+    claims = [ln for ln in summary.splitlines() if ln.startswith("| [")]
+    assert len(claims) == 9 and all(ln.rstrip(" |").endswith(("yes", "**no**")) for ln in claims)
+    # the robust mechanism finding: a compatible teacher starts with higher overlap
+    pattern = pd.read_csv(finished_run / "results/tables/thinking_pattern.csv").set_index("experiment")
+    assert (pattern.loc["strong_teacher", "overlap_ratio_initial"]
+            > pattern.loc["mismatched_teacher", "overlap_ratio_initial"] + 0.1)
+
+
 def test_opd_runs_log_every_step(finished_run):
     for exp in ("strong_teacher", "mismatched_teacher"):
         lines = (finished_run / f"results/opd/{exp}/metrics.jsonl").read_text().splitlines()
@@ -62,17 +80,20 @@ def test_opd_runs_log_every_step(finished_run):
         assert (finished_run / f"results/opd/{exp}/final/model.safetensors").exists()
 
 
-def test_mismatched_teacher_collapses_while_compatible_teacher_stays_aligned(finished_run):
+def test_mismatched_teacher_fails_while_compatible_teacher_stays_aligned(finished_run):
     def run(exp):
         path = finished_run / f"results/opd/{exp}/metrics.jsonl"
         return [json.loads(ln) for ln in path.read_text().splitlines()]
 
     strong, mismatched = run("strong_teacher"), run("mismatched_teacher")
     mean = lambda lines, k: sum(ln[k] for ln in lines) / len(lines)  # noqa: E731
-    assert mean(strong, "shared_mass_student") > mean(mismatched, "shared_mass_student")
-    assert mean(strong, "overlap_ratio") > mean(mismatched, "overlap_ratio")
-    assert mismatched[-1]["overlap_ratio"] < mismatched[0]["overlap_ratio"]
-    assert strong[-1]["reverse_kl"] < mismatched[-1]["reverse_kl"]
+    assert mean(strong, "shared_mass_student") > mean(mismatched, "shared_mass_student") + 0.1
+    assert mean(strong, "overlap_ratio") > mean(mismatched, "overlap_ratio") + 0.1
+    assert mean(strong[-5:], "reverse_kl") < mean(strong[:5], "reverse_kl")
+    assert mean(strong[-5:], "reverse_kl") < mean(mismatched[-5:], "reverse_kl")
+    # the mismatched teacher drives the student's accuracy down
+    table = pd.read_csv(finished_run / "results/tables/thinking_pattern.csv").set_index("experiment")
+    assert table.loc["mismatched_teacher", "accuracy_delta"] < -0.1
 
 
 def test_cold_start_chain(finished_run):
@@ -90,7 +111,7 @@ def test_cold_start_chain(finished_run):
 
 
 def test_every_evaluation_has_a_summary(finished_run):
-    for model in ("base", "student", "base_sft", "strong_teacher", "mismatched_teacher"):
+    for model in ("base", "student", "base_sft", "strong_teacher", "cold_start_rescue"):
         for bench in ("aime24", "aime25", "amc23"):
             s = json.loads((finished_run / f"results/eval/{model}/{bench}.json").read_text())
             assert s["samples_per_problem"] == 4 and 0.0 <= s["avg_at_n"] <= s["pass_at_n"] <= 1.0
