@@ -59,7 +59,8 @@ def trl_trainer(student, teacher, tok, out: str):
 
     args = DistillationConfig(output_dir=out, beta=1.0, temperature=1.0, learning_rate=1e-4,
                               per_device_train_batch_size=8, report_to=[], use_cpu=True,
-                              max_grad_norm=1.0, logging_steps=1000, save_strategy="no")
+                              max_grad_norm=1.0, logging_steps=1000, save_strategy="no",
+                              gradient_checkpointing=False)  # as ours: no recomputation
     data = Dataset.from_dict({"prompt": [[{"role": "user", "content": "x"}]] * 8})
     tok.padding_side = "left"
     trainer = DistillationTrainer(model=student, teacher_model=teacher, args=args,

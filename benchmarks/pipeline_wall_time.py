@@ -34,10 +34,15 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cores", default="all")
     ap.add_argument("--out", type=Path, default=REPO / "results/benchmarks")
+    ap.add_argument("--keep", type=Path, default=None,
+                    help="run in this (new) directory and keep it, e.g. to compare two runs")
     args = ap.parse_args()
     snakemake = str(Path(sys.executable).with_name("snakemake"))
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
+        if args.keep:
+            args.keep.mkdir(parents=True)
+            work = args.keep
         for item in ("Snakefile", "workflow", "config", "envs"):
             src = REPO / item
             (shutil.copytree if src.is_dir() else shutil.copy)(src, work / item)

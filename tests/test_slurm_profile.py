@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import shutil
 
@@ -77,3 +78,20 @@ def test_gpu_and_cpu_rules_are_submitted_with_their_resources(tmp_path, monkeypa
     assert not any(a.startswith(("--gpus", "--gres")) for a in cpu), shlex.join(cpu)
     assert _flag(cpu, "-p") == "cpu-part" and _flag(cpu, "-A") == "proj"
     assert _flag(cpu, "--mem") == "16000" and _flag(cpu, "-t") == "240"
+
+
+def test_profile_dry_run_lists_the_paper_dag_without_slurm(tmp_path):
+    (tmp_path / "wf").mkdir()
+    work = copy_workflow(tmp_path / "wf")
+    shutil.copytree(REPO / "slurm", work / "slurm")
+    proc = run_snakemake(["--profile", "slurm", "-n"], work)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    counts = dict(re.findall(r"^(\w+)\s+(\d+)$", proc.stdout, re.M))
+    cfg = yaml.safe_load((work / "config/paper.yaml").read_text())
+    assert int(counts["opd_train"]) == len(cfg["experiments"])
+    assert int(counts["diagnose_pair"]) == len(cfg["experiments"])
+    assert int(counts["teacher_rollouts"]) == sum(r["shards"] for r in cfg["rollouts"].values())
+    for rule in ("sample_openthoughts", "dedup_semantic", "filter_rollouts", "cold_start_sft",
+                 "evaluate", "opd_tables", "opd_figures"):
+        assert int(counts[rule]) >= 1, rule
+    assert "build_tiny" not in proc.stdout

@@ -123,11 +123,12 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             save_checkpoint(acc, ckpt, step, log_path, identity)
     bar.close()
     acc.wait_for_everyone()
+    state_dict = acc.get_state_dict(model)  # a collective under FSDP: every process calls it
     if acc.is_main_process:
         writer.close()
         with atomic_dir(args.out / "final") as tmp:
-            acc.unwrap_model(model).save_pretrained(
-                tmp, safe_serialization=True, state_dict=acc.get_state_dict(model))
+            acc.unwrap_model(model).save_pretrained(tmp, safe_serialization=True,
+                                                    state_dict=state_dict)
             tok.save_pretrained(tmp)
         lines = [json.loads(ln) for ln in log_path.read_text().splitlines()]
         summary = {"steps": total, "examples": len(examples), "first_loss": lines[0]["loss"],
