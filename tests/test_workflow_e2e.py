@@ -136,6 +136,14 @@ def test_models_reload_offline_and_answer(finished_run):
     assert is_correct(out.text, "14"), out.text
 
 
+def test_report_collects_tables_and_figures(finished_run):
+    proc = run_snakemake(["--report", "results/report.html"], finished_run)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    html = (finished_run / "results/report.html").read_text(errors="replace")
+    for name in ("thinking_pattern.md", "objectives.png", "tiny_models.md", "README.md"):
+        assert name in html, name
+
+
 def test_rerun_is_a_no_op(finished_run):
     proc = run_snakemake(["-n", "--quiet"], finished_run)
     assert proc.returncode == 0
