@@ -30,6 +30,7 @@ test-fast: $(STAMP)
 
 # Benchmarks write results/benchmarks/*.json and *.md (not part of the test suite).
 bench: bench-faiss bench-loss bench-trl bench-pipeline
+	$(BIN)/python benchmarks/summary.py
 
 bench-faiss: $(STAMP)
 	$(BIN)/python benchmarks/faiss_search.py

@@ -96,6 +96,25 @@ def _surrogate(student_BCV: torch.Tensor, idx_BCM: torch.Tensor | None, adv: tor
     return -(surr if valid is None else surr * valid).sum(-1)
 
 
+def _chunk_objective(stu: torch.Tensor, tea: torch.Tensor, tokens: torch.Tensor,
+                     old: torch.Tensor | None, mask: torch.Tensor, variant: str, support: str,
+                     weighting: str, top_k: int, clip: float) -> torch.Tensor:
+    """Masked sum of the per-token surrogate over one chunk of positions."""
+    with torch.no_grad():
+        logq = torch.log_softmax(tea.float(), dim=-1)
+        logp = torch.log_softmax(stu.detach().float(), dim=-1)
+        sup = _support(variant, support, logp, logq, tokens, top_k)
+        adv = _advantage(_take(logp, sup.idx_BCM), _take(logq, sup.idx_BCM), sup.valid_BCM,
+                         variant, weighting)
+        old_g = None
+        if old is not None:
+            old = old.float()
+            old_g = old.unsqueeze(-1) if old.dim() == 2 else _take(old, sup.idx_BCM)
+        del logq, logp
+    per_tok = _surrogate(stu, sup.idx_BCM, adv, sup.valid_BCM, old_g, clip)
+    return (per_tok * mask).sum()
+
+
 @torch.no_grad()
 def _metrics(logp: torch.Tensor, logq: torch.Tensor, top_k: int) -> dict[str, torch.Tensor]:
     """Per-token mechanism metrics, each [B, C]; NaN where a metric is undefined."""
@@ -190,23 +209,19 @@ def opd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, tokens:
     acc = _Accumulator(bucket_size)
     total = student_logits.new_zeros((), dtype=torch.float32)
     for s in range(0, T, step):
-        stu, m = student_logits[:, s:s + step], mask_f[:, s:s + step]
+        stu, tea, m = (student_logits[:, s:s + step], teacher_logits[:, s:s + step],
+                       mask_f[:, s:s + step])
+        old = None if old_logprobs is None else old_logprobs[:, s:s + step]
         with torch.no_grad():
-            logq = torch.log_softmax(teacher_logits[:, s:s + step].float(), dim=-1)
+            logq = torch.log_softmax(tea.float(), dim=-1)
             logp = torch.log_softmax(stu.detach().float(), dim=-1)
-            sup = _support(variant, support, logp, logq, tokens[:, s:s + step], top_k)
-            adv = _advantage(_take(logp, sup.idx_BCM), _take(logq, sup.idx_BCM), sup.valid_BCM,
-                             variant, weighting)
-            old_g = None
-            if old_logprobs is not None:
-                old = old_logprobs[:, s:s + step].float()
-                old_g = old.unsqueeze(-1) if old.dim() == 2 else _take(old, sup.idx_BCM)
             acc.add(_metrics(logp, logq, min(top_k, V)), m, s)
             del logq, logp
-        args = (stu, sup.idx_BCM, adv, sup.valid_BCM, old_g, clip_range)
+        args = (stu, tea, tokens[:, s:s + step], old, m, variant, support, weighting, top_k,
+                clip_range)
         if chunk_size and stu.requires_grad:
-            per_tok = checkpoint(_surrogate, *args, use_reentrant=False)
+            # recomputed in the backward pass: nothing vocabulary-wide is kept per chunk
+            total = total + checkpoint(_chunk_objective, *args, use_reentrant=False)
         else:
-            per_tok = _surrogate(*args)
-        total = total + (per_tok * m).sum()
+            total = total + _chunk_objective(*args)
     return total / n_tokens, acc.result()
