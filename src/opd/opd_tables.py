@@ -76,6 +76,13 @@ def fmt(x: Any) -> str:
     return f"{x:.3f}" if isinstance(x, float) else str(x)
 
 
+def claim_cells(c: dict[str, Any]) -> str:
+    """The "measured | holds" cells of a checked claim."""
+    rhs = c["b"] if c.get("b") else "threshold"
+    return (f"{c['metric']}: {c['a']} {fmt(c['measured_a'])} {c['op']} {rhs} "
+            f"{fmt(c['measured_b'])} | {'yes' if c['holds'] else '**no**'}")
+
+
 def group_markdown(title: str, description: str, df: pd.DataFrame,
                    checks: list[dict[str, Any]], benches: list[str]) -> str:
     cols = ["experiment", "student", "teacher", "overlap_ratio_initial", "overlap_ratio_final",
@@ -94,11 +101,7 @@ def group_markdown(title: str, description: str, df: pd.DataFrame,
             "the final student on each benchmark; student/final avg@n pool all benchmarks.", ""]
     if checks:
         out += ["| claim | measured | holds |", "|---|---|---|"]
-        for c in checks:
-            rhs = c["b"] if c.get("b") else "threshold"
-            out.append(f"| {c['claim']} | {c['metric']}: {c['a']} {fmt(c['measured_a'])} "
-                       f"{c['op']} {rhs} {fmt(c['measured_b'])} | "
-                       f"{'yes' if c['holds'] else '**no**'} |")
+        out += [f"| {c['claim']} | {claim_cells(c)} |" for c in checks]
         out.append("")
     return "\n".join(out)
 
@@ -125,11 +128,8 @@ def main(argv: list[str] | None = None) -> None:
             df.to_csv(tmp, index=False, float_format="%.6g")
         write_text(args.out / f"{gname}.md",
                    group_markdown(group["title"], group.get("description", ""), df, checks, benches))
-        for c in checks:
-            rhs = c["b"] if c.get("b") else "threshold"
-            summary.append(f"| [{group['title']}]({gname}.md) | {c['claim']} | {c['metric']}: "
-                           f"{c['a']} {fmt(c['measured_a'])} {c['op']} {rhs} "
-                           f"{fmt(c['measured_b'])} | {'yes' if c['holds'] else '**no**'} |")
+        summary += [f"| [{group['title']}]({gname}.md) | {c['claim']} | {claim_cells(c)} |"
+                    for c in checks]
     summary.append("")
     write_text(args.out / "README.md", "\n".join(summary))
 
