@@ -97,7 +97,14 @@ def main() -> None:
     ap.add_argument("--chunk", type=int, default=256)
     ap.add_argument("--child", nargs=3, metavar=("IMPL", "VARIANT", "T"))
     ap.add_argument("--out", type=Path, default=Path("results/benchmarks"))
+    ap.add_argument("--markdown-only", action="store_true",
+                    help="rewrite the Markdown table from the JSON of the last run")
     args = ap.parse_args()
+    if args.markdown_only:
+        result = json.loads((args.out / "opd_loss_memory.json").read_text())
+        result.setdefault("chunk_size", args.chunk)
+        write_markdown(result, args.out / "opd_loss_memory.md")
+        return
     if args.child:
         impl, variant, T = args.child
         print(json.dumps(child(impl, variant, int(T), args.chunk)))
@@ -123,23 +130,36 @@ def main() -> None:
             rows.append(row)
             print(json.dumps(row), flush=True)
     result = {"vocab": V, "batch": 1, "device": "cpu", "cpu_count": os.cpu_count(),
+              "chunk_size": args.chunk,
               "machine": platform.machine(), "target": "naive/ours peak memory >= 8 for full",
               "rows": rows}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "opd_loss_memory.json").write_text(json.dumps(result, indent=2) + "\n")
-    lines = ["| T | variant | ours peak MiB | naive peak MiB | memory ratio | ours s | naive s | "
-             "agree (1e-5) |", "|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        def cell(side: dict, key: str) -> str:
-            return str(side.get(key, side.get("failed", "")))
-        lines.append(f"| {r['T']} | {r['variant']} | {cell(r['ours'], 'peak_extra_mib')} | "
-                     f"{cell(r['naive'], 'peak_extra_mib')} | {r.get('memory_ratio', '-')} | "
-                     f"{cell(r['ours'], 'seconds')} | {cell(r['naive'], 'seconds')} | "
+    write_markdown(result, args.out / "opd_loss_memory.md")
+
+
+def write_markdown(result: dict, path: Path) -> None:
+    lines = ["| T | variant | ours peak MiB | naive peak MiB | memory ratio | ratio beyond the "
+             "logits' gradient | ours s | naive s | agree (1e-5) |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in result["rows"]:
+        ours, naive = r["ours"], r["naive"]
+        grad = r["T"] * result["vocab"] * 4 / 2**20   # the input gradient both sides must hold
+        beyond = "-"
+        if "failed" not in ours and "failed" not in naive:
+            beyond = f"{(naive['peak_extra_mib'] - grad) / max(1.0, ours['peak_extra_mib'] - grad):.1f}"
+        cell = lambda side, key: str(side.get(key, side.get("failed", "")))  # noqa: E731
+        lines.append(f"| {r['T']} | {r['variant']} | {cell(ours, 'peak_extra_mib')} | "
+                     f"{cell(naive, 'peak_extra_mib')} | {r.get('memory_ratio', '-')} | {beyond} | "
+                     f"{cell(ours, 'seconds')} | {cell(naive, 'seconds')} | "
                      f"{r.get('agree_1e-5', '-')} |")
-    note = ("\nPeak memory above the inputs (two [1, T, 151936] float32 logit tensors), one "
-            f"forward + backward on {os.cpu_count()} CPU cores; ours uses chunk_size "
-            f"{args.chunk}. Target: >= 8x lower peak memory than naive for full-vocab.\n")
-    (args.out / "opd_loss_memory.md").write_text("\n".join(lines) + "\n" + note)
+    note = ("\nPeak resident memory above the inputs (two [1, T, 151936] float32 logit tensors) "
+            f"during one forward + backward on {result['cpu_count']} CPU cores; ours uses "
+            f"chunk_size {result['chunk_size']} and also computes every mechanism metric. Both "
+            "sides must hold the gradient of the student logits ([1, T, 151936] float32), which "
+            "bounds the overall ratio; the column before the timings leaves it out. Target: "
+            ">= 8x lower peak memory than naive for full-vocab.\n")
+    path.write_text("\n".join(lines) + "\n" + note)
 
 
 if __name__ == "__main__":

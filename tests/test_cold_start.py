@@ -156,3 +156,27 @@ def test_empty_filter_fails_and_sft_resumes_after_kill(setup, tmp_path):
     from transformers import AutoTokenizer
     tok = AutoTokenizer.from_pretrained(out / "final")
     assert tok.chat_template and "assistant" in tok.chat_template
+
+
+def test_sft_runs_data_parallel_over_two_processes(setup, tmp_path):
+    """The multi-process path (as under `accelerate launch` on GPUs), here two CPU processes
+    over gloo: each takes half of every epoch's batches, so there are half as many updates."""
+    data = tmp_path / "sft.parquet"
+    rows = [{"prompt_id": i, "messages": [
+        {"role": "user", "content": f"Start with {i}. Add 2. What is the result?"},
+        {"role": "assistant", "content": f"start: {i}\nadd 2 -> {i + 2}\nFinal: \\boxed{{{i + 2}}}"}]}
+        for i in range(32)]
+    pq.write_table(pa.Table.from_pylist(rows), data)
+    params = {**SFT, "epochs": 1, "grad_accum": 1, "checkpoint_every": 100}
+    torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
+    proc = subprocess.run([torchrun, "--nproc_per_node", "2", "-m", "opd.cold_start_sft",
+                           "--model", str(setup / "model"), "--data", str(data),
+                           "--out", str(tmp_path / "out"), "--params", json.dumps(params),
+                           "--threads", "1"], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((tmp_path / "out/summary.json").read_text())
+    assert summary["steps"] == 32 // SFT["batch_size"] // 2
+    lines = (tmp_path / "out/train_log.jsonl").read_text().splitlines()
+    assert len(lines) == summary["steps"]
+    assert all(json.loads(ln)["tokens"] > 0 for ln in lines)
+    assert (tmp_path / "out/final/model.safetensors").exists()

@@ -54,7 +54,9 @@ def epoch_batches(lengths: list[int], cfg: dict[str, Any], epoch: int, world: in
 
 def train(args: argparse.Namespace) -> dict[str, Any]:
     cfg = args.params
-    acc = Accelerator(mixed_precision=cfg["mixed_precision"] if torch.cuda.is_available() else "no",
+    gpu = torch.cuda.is_available()
+    # cpu=True lets torchrun / accelerate start several CPU processes (gloo) without a GPU
+    acc = Accelerator(mixed_precision=cfg["mixed_precision"] if gpu else "no", cpu=not gpu,
                       project_dir=str(args.out))
     torch.manual_seed(cfg["seed"])
     tok = AutoTokenizer.from_pretrained(args.model)
@@ -110,6 +112,9 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         sched.step()
         opt.zero_grad(set_to_none=True)
         step += 1
+        if world > 1:  # log the step over every process: mean loss, all tokens
+            stats = acc.reduce(torch.tensor([loss_sum, float(n_tok)], device=acc.device), "sum")
+            loss_sum, n_tok = stats[0].item() / world, int(stats[1].item())
         line = {"step": step, "epoch": epoch, "loss": loss_sum, "lr": sched.get_last_lr()[0],
                 "grad_norm": grad_norm, "tokens": n_tok, "seconds": round(time.time() - t0, 3)}
         if acc.is_main_process:
