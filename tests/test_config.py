@@ -63,7 +63,7 @@ def test_defaults_are_filled(tiny):
      "rollouts.mismatch_openthoughts.shards"),
     (lambda c: c["cold_start"]["base_sft"].update(rollouts="none"), "cold_start.base_sft.rollouts"),
     (lambda c: c["cold_start"]["base_sft"].update(lr=-1.0), "cold_start.base_sft.lr"),
-    (lambda c: c["models"].pop("base_sft"), "cold_start.base_sft"),
+    (lambda c: c["models"].update(base_sft={"path": "elsewhere"}), "cold_start.base_sft"),
     (lambda c: c["evaluation"].update(models=["nobody"]), "evaluation.models"),
     (lambda c: c["generation"].update(engine="tgi"), "generation.engine"),
     (lambda c: c.update(filters={"line_repeats": 1}), "filters.line_repeats"),

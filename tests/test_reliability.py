@@ -99,3 +99,4 @@ def test_seeded_stages_write_identical_bytes(small_world, small_tokenizer, tmp_p
                   "--params", json.dumps(params)])
     assert (tmp_path / "a.parquet").read_bytes() == (tmp_path / "b.parquet").read_bytes()
     assert (tmp_path / "a.json").read_text() == (tmp_path / "b.json").read_text()
+
