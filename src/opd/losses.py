@@ -96,13 +96,11 @@ def _surrogate(student_BCV: torch.Tensor, idx_BCM: torch.Tensor | None, adv: tor
     return -(surr if valid is None else surr * valid).sum(-1)
 
 
-def _chunk_objective(stu: torch.Tensor, tea: torch.Tensor, tokens: torch.Tensor,
-                     old: torch.Tensor | None, mask: torch.Tensor, variant: str, support: str,
-                     weighting: str, top_k: int, clip: float) -> torch.Tensor:
-    """Masked sum of the per-token surrogate over one chunk of positions."""
+def _objective(stu: torch.Tensor, logp: torch.Tensor, logq: torch.Tensor, tokens: torch.Tensor,
+               old: torch.Tensor | None, mask: torch.Tensor, variant: str, support: str,
+               weighting: str, top_k: int, clip: float) -> torch.Tensor:
+    """Masked sum of the per-token surrogate over one chunk, given its (detached) log-probs."""
     with torch.no_grad():
-        logq = torch.log_softmax(tea.float(), dim=-1)
-        logp = torch.log_softmax(stu.detach().float(), dim=-1)
         sup = _support(variant, support, logp, logq, tokens, top_k)
         adv = _advantage(_take(logp, sup.idx_BCM), _take(logq, sup.idx_BCM), sup.valid_BCM,
                          variant, weighting)
@@ -110,9 +108,17 @@ def _chunk_objective(stu: torch.Tensor, tea: torch.Tensor, tokens: torch.Tensor,
         if old is not None:
             old = old.float()
             old_g = old.unsqueeze(-1) if old.dim() == 2 else _take(old, sup.idx_BCM)
-        del logq, logp
     per_tok = _surrogate(stu, sup.idx_BCM, adv, sup.valid_BCM, old_g, clip)
     return (per_tok * mask).sum()
+
+
+def _chunk_objective(stu: torch.Tensor, tea: torch.Tensor, *rest: object) -> torch.Tensor:
+    """``_objective`` computing the log-probs itself, so that under activation checkpointing
+    the backward pass recomputes them instead of keeping them."""
+    with torch.no_grad():
+        logq = torch.log_softmax(tea.float(), dim=-1)
+        logp = torch.log_softmax(stu.detach().float(), dim=-1)
+    return _objective(stu, logp, logq, *rest)
 
 
 @torch.no_grad()
@@ -216,12 +222,11 @@ def opd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, tokens:
             logq = torch.log_softmax(tea.float(), dim=-1)
             logp = torch.log_softmax(stu.detach().float(), dim=-1)
             acc.add(_metrics(logp, logq, min(top_k, V)), m, s)
-            del logq, logp
-        args = (stu, tea, tokens[:, s:s + step], old, m, variant, support, weighting, top_k,
-                clip_range)
+        rest = (tokens[:, s:s + step], old, m, variant, support, weighting, top_k, clip_range)
         if chunk_size and stu.requires_grad:
-            # recomputed in the backward pass: nothing vocabulary-wide is kept per chunk
-            total = total + checkpoint(_chunk_objective, *args, use_reentrant=False)
+            del logq, logp  # recomputed in the backward pass: nothing vocabulary-wide is kept
+            total = total + checkpoint(_chunk_objective, stu, tea, *rest, use_reentrant=False)
         else:
-            total = total + _chunk_objective(*args)
+            total = total + _objective(stu, logp, logq, *rest)
+            del logq, logp
     return total / n_tokens, acc.result()

@@ -31,6 +31,14 @@ from opd.io import write_parquet
 from opd.prompts import apply_template, chat_prompt
 
 
+ROLLOUT_SCHEMA = pa.schema([
+    ("prompt_id", pa.int64()), ("prompt", pa.string()), ("answer", pa.string()),
+    ("attempt", pa.int64()), ("sample", pa.int64()), ("response", pa.string()),
+    ("finish_reason", pa.string()), ("prompt_tokens", pa.int64()),
+    ("response_tokens", pa.int64()), ("seed", pa.int64()), ("reject_reason", pa.string()),
+])
+
+
 def shard_indices(n_rows: int, shard: int, num_shards: int) -> list[int]:
     if not 0 <= shard < num_shards:
         raise ValueError(f"shard {shard} is not in [0, {num_shards})")
@@ -114,13 +122,6 @@ def run_shard(args: argparse.Namespace) -> int:
     partial.unlink()
     return len(rows)
 
-
-ROLLOUT_SCHEMA = pa.schema([
-    ("prompt_id", pa.int64()), ("prompt", pa.string()), ("answer", pa.string()),
-    ("attempt", pa.int64()), ("sample", pa.int64()), ("response", pa.string()),
-    ("finish_reason", pa.string()), ("prompt_tokens", pa.int64()),
-    ("response_tokens", pa.int64()), ("seed", pa.int64()), ("reject_reason", pa.string()),
-])
 
 
 def main(argv: list[str] | None = None) -> None:
