@@ -69,6 +69,17 @@ def test_defaults_are_filled(tiny):
     (lambda c: c.update(filters={"line_repeats": 1}), "filters.line_repeats"),
     (lambda c: c["experiments"].update(base=c["experiments"]["strong_teacher"]),
      "experiments.base"),
+    (lambda c: c["tiny_models"]["models"]["student"].update(ops=["+", "*"]),
+     "tiny_models.models.student.ops"),
+    (lambda c: c["tiny_models"]["models"]["student"].update(ops=["+", "-", "/"]),
+     "tiny_models.models.student.ops"),
+    (lambda c: c["prompt_selection"]["strong_gain"].update(teacher="nobody"),
+     "prompt_selection.strong_gain.teacher"),
+    (lambda c: c["prompt_selection"]["strong_gain"].update(prompts="nowhere"),
+     "prompt_selection.strong_gain.prompts"),
+    (lambda c: c["prompt_selection"]["strong_gain"].update(min_score=2),
+     "prompt_selection.strong_gain.min_score"),
+    (lambda c: c["opd"].update(generator="tgi"), "opd.generator"),
 ])
 def test_bad_config_names_the_key(tiny, mutate, key):
     cfg = copy.deepcopy(tiny)

@@ -16,6 +16,7 @@ from safetensors.torch import load_file
 
 from opd.build_tiny_models import main as build_model
 from opd.build_tiny_tokenizer import main as build_tokenizer
+from opd.generation import RolloutBatch
 from opd.pair import TokenizerMismatch, check_same_tokenizer
 
 ARCH = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
@@ -95,6 +96,18 @@ def test_short_run_logs_every_step(pair, tmp_path):
     assert summary["last"]["step"] == 3
 
 
+def test_validation_does_not_change_the_training_run(pair, tmp_path):
+    def run(out, every):
+        params = {**PARAMS, "steps": 3, "validation_every": every}
+        proc = subprocess.run(_cmd(pair, out, params), capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return [{k: v for k, v in ln.items() if not k.startswith("val/")}
+                for ln in _lines(out / "metrics.jsonl")]
+
+    often, rarely = run(tmp_path / "often", 1), run(tmp_path / "rarely", 1000)
+    assert often == rarely
+
+
 def test_kill_and_resume_matches_uninterrupted(pair, tmp_path):
     params = {**PARAMS, "steps": 30, "checkpoint_every": 2, "validation_every": 1000}
     ref = subprocess.run(_cmd(pair, tmp_path / "ref", params), capture_output=True, text=True,
@@ -121,6 +134,73 @@ def test_kill_and_resume_matches_uninterrupted(pair, tmp_path):
     a = load_file(out / "final/model.safetensors")
     b = load_file(tmp_path / "ref/final/model.safetensors")
     assert all((a[k] == b[k]).all() for k in b)
+
+
+def test_process_gradients_sum_to_the_full_batch_gradient(pair):
+    """Data parallel: each process backpropagates its rollouts scaled by its share of the
+    step's tokens; the sum over processes must be the gradient of the plain token mean."""
+    import torch
+
+    from opd.generation import Sampling, sample_batch
+    from opd.losses import opd_loss
+    from opd.opd_train import accumulate
+    from opd.pair import load_pair, response_logits
+    from opd.prompts import chat_prompt
+
+    student_dir, teacher_dir, _, _ = pair
+    tok, student, teacher = load_pair(str(student_dir), str(teacher_dir))
+    torch.manual_seed(0)
+    texts = [chat_prompt(tok, f"Start with {i}. The changes are +1, +2.") for i in range(6)]
+    batch = sample_batch(student, tok, texts, Sampling(max_new_tokens=10, temperature=1.0))
+    cfg = {**PARAMS, "variant": "full", "micro_batch_size": 2}
+    total = int(batch.response_mask.sum())
+
+    def grads():
+        out = [p.grad.clone() for p in student.parameters()]
+        student.zero_grad(set_to_none=True)
+        return out
+
+    # reference: one plain token-mean loss over every rollout
+    loss, _ = opd_loss(response_logits(student, batch), response_logits(teacher, batch).detach(),
+                       batch.response_ids, batch.response_mask, variant="full")
+    loss.backward()
+    ref = grads()
+    summed = None
+    for half in (slice(0, 3), slice(3, 6)):
+        part = RolloutBatch(batch.input_ids[half], batch.attention_mask[half],
+                            batch.response_mask[half], batch.prompt_width, [])
+        accumulate(student, teacher, part, cfg, total)
+        g = grads()
+        summed = g if summed is None else [a + b for a, b in zip(summed, g)]
+    for a, b in zip(summed, ref):
+        assert torch.allclose(a, b, atol=1e-6, rtol=1e-4)
+
+
+def test_two_processes_train_data_parallel(pair, tmp_path):
+    torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
+    params = {**PARAMS, "steps": 3, "checkpoint_every": 2}
+    cmd = _cmd(pair, tmp_path / "dp", params)
+    proc = subprocess.run([torchrun, "--nproc_per_node", "2", *cmd[1:]], capture_output=True,
+                          text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = _lines(tmp_path / "dp/metrics.jsonl")
+    assert [ln["step"] for ln in lines] == [0, 1, 2]
+    # every line pools both processes' rollouts: 2 prompts x 2 responses
+    assert all(ln["rollouts"] == 4 for ln in lines)
+    assert "val/probe" in lines[0]
+    summary = json.loads((tmp_path / "dp/summary.json").read_text())
+    assert summary["processes"] == 2
+    assert (tmp_path / "dp/final/model.safetensors").exists()
+    state = json.loads((tmp_path / "dp/checkpoint/state.json").read_text())
+    assert state["identity"]["world"] == 2 and state["step"] == 3
+
+
+def test_prompts_per_step_must_split_over_processes():
+    from opd.opd_train import local_share
+
+    assert local_share([5, 6, 7, 8], 2, 0) == [5, 7] and local_share([5, 6, 7, 8], 2, 1) == [6, 8]
+    with pytest.raises(ValueError, match="multiple of the number of processes"):
+        local_share([1, 2, 3], 2, 0)
 
 
 @pytest.mark.parametrize("thresholds, verdict", [
@@ -169,3 +249,76 @@ def test_micro_batch_metrics_reweight_around_undefined_values():
     assert out["loss"] == pytest.approx((10 * 1 + 30 * 4 + 10 * 2) / 50)
     assert out["overlap_advantage"] == pytest.approx((30 * -2 + 10 * -1) / 40)
     assert weighted_means([({"x": nan}, 5)]) == {}
+
+
+def test_rollout_batch_from_ids_matches_sampled_layout(pair):
+    """Rollouts sampled elsewhere (vLLM returns token ids) are laid out as sample_batch does."""
+    import torch
+
+    from opd.generation import Sampling, rollout_batch, sample_batch
+    from opd.pair import load_pair
+    from opd.prompts import chat_prompt
+
+    student_dir, teacher_dir, _, _ = pair
+    tok, student, _ = load_pair(str(student_dir), str(teacher_dir))
+    torch.manual_seed(3)
+    texts = [chat_prompt(tok, f"Start with {i}. The changes are " + ", ".join(["+1"] * i) + ".")
+             for i in range(1, 7)]
+    ref = sample_batch(student, tok, texts, Sampling(max_new_tokens=8, temperature=1.0))
+    prompts, responses, finishes = [], [], []
+    for ids, attn, mask, c in zip(ref.input_ids.tolist(), ref.attention_mask.tolist(),
+                                  ref.response_mask.tolist(), ref.completions):
+        w = ref.prompt_width
+        prompts.append([t for t, a in zip(ids[:w], attn[:w]) if a])
+        resp = [t for t, m in zip(ids[w:], mask) if m]
+        # an engine may leave the end-of-sequence token out of a stopped response
+        responses.append(resp[:-1] if c.finish_reason == "stop" else resp)
+        finishes.append(c.finish_reason)
+    assert "stop" in finishes
+    got = rollout_batch(prompts, responses, finishes, tok)
+    assert got.prompt_width == ref.prompt_width
+    assert torch.equal(got.input_ids, ref.input_ids)
+    assert torch.equal(got.attention_mask, ref.attention_mask)
+    assert torch.equal(got.response_mask, ref.response_mask)
+    assert got.completions == ref.completions
+
+
+def test_external_generator_is_synced_after_every_step(pair, tmp_path, monkeypatch):
+    """A separate generator (vLLM on a GPU) must sample from the weights being trained: a
+    stand-in that samples from its own copy of the student, refreshed by sync(), gives exactly
+    the run of the student sampling itself; without the sync it would drift from step 1."""
+    import argparse
+    import copy
+
+    from opd import opd_train
+    from opd.generation import sample_batch
+
+    class CopyGenerator:
+        def __init__(self, weights):
+            from transformers import AutoModelForCausalLM
+            self.model = AutoModelForCausalLM.from_pretrained(weights).eval()
+            self.syncs = 0
+
+        def sample(self, prompts, sampling, tokenizer, device):
+            return sample_batch(self.model, tokenizer, prompts, sampling)
+
+        def sync(self, model):
+            self.model.load_state_dict(copy.deepcopy(model.state_dict()))
+            self.syncs += 1
+
+    student, teacher, prompts, _ = pair
+    params = {**PARAMS, "steps": 3, "variant": "full"}
+
+    def run(out):
+        ns = argparse.Namespace(student=str(student), teacher=str(teacher),
+                                prompts={"path": str(prompts)}, out=out, params=params,
+                                benchmarks=None)
+        return opd_train.train(ns)
+
+    run(tmp_path / "self")
+    made = []
+    monkeypatch.setattr(opd_train, "make_generator",
+                        lambda cfg, weights, rank: made.append(CopyGenerator(weights)) or made[-1])
+    run(tmp_path / "gen")
+    assert made and made[0].syncs == params["steps"]
+    assert _lines(tmp_path / "gen/metrics.jsonl") == _lines(tmp_path / "self/metrics.jsonl")

@@ -71,3 +71,26 @@ def test_every_frame_states_the_start_and_the_ops():
         assert p.ops_text() in para and para != render(p, SCENARIOS["story"][0], frame)
     ops = re.findall(r"[+\-*]\d", p.ops_text())
     assert len(ops) == 4
+
+
+def test_allowed_steps_restrict_the_operations():
+    rng = random.Random(5)
+    seen = set()
+    for _ in range(400):
+        p = sample_problem(rng, rng.randint(1, 5), ("+", "-", "*2"))
+        for op, b in p.ops:
+            seen.add(f"{op}{b}" if op == "*" else op)
+        assert all(0 <= v <= MAX_VALUE for v in p.values())
+    assert seen == {"+", "-", "*2"}          # doubling occurs, tripling never
+
+
+def test_all_operations_allowed_is_the_default_stream():
+    a = [sample_problem(random.Random(9), d) for d in range(1, 6)]
+    b = [sample_problem(random.Random(9), d, ("+", "-", "*")) for d in range(1, 6)]
+    assert a == b
+
+
+@pytest.mark.parametrize("allowed", [("+",), ("+", "-", "/"), ("*",)])
+def test_bad_allowed_steps(allowed):
+    with pytest.raises(ValueError, match="allowed steps"):
+        sample_problem(random.Random(0), 2, allowed)

@@ -89,7 +89,12 @@ def test_profile_dry_run_lists_the_paper_dag_without_slurm(tmp_path):
     counts = dict(re.findall(r"^(\w+)\s+(\d+)$", proc.stdout, re.M))
     cfg = yaml.safe_load((work / "config/paper.yaml").read_text())
     assert int(counts["opd_train"]) == len(cfg["experiments"])
-    assert int(counts["diagnose_pair"]) == len(cfg["experiments"])
+    # one diagnosis per distinct pair, prompt set and template (objective variants share it)
+    pairs = {(e["student"], e["teacher"], e["prompts"], e.get("template", "default"))
+             for e in cfg["experiments"].values()}
+    assert int(counts["diagnose_pair"]) == len(pairs) < len(cfg["experiments"])
+    assert int(counts["select_prompts"]) == len(cfg["prompt_selection"])
+    assert int(counts["prepare_dapo"]) == 1
     assert int(counts["teacher_rollouts"]) == sum(r["shards"] for r in cfg["rollouts"].values())
     for rule in ("sample_openthoughts", "dedup_semantic", "filter_rollouts", "cold_start_sft",
                  "evaluate", "opd_tables", "opd_figures"):

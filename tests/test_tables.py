@@ -14,6 +14,7 @@ def card(name, probe, easy, hard, chain=1.0, seconds=12.3):
             "recipe": {"role": name, "pattern": "chain" if chain else "tally",
                        "difficulty": [1, 3], "parameters": 1000, "train_seconds": seconds},
             "probe": {"accuracy": probe, "easy_accuracy": easy, "hard_accuracy": hard,
+                      "triple_accuracy": hard,
                       "by_difficulty": {"1": easy, "5": hard}},
             "patterns": {"chain": chain, "tally": 1 - chain, "none": 0.0},
             "benchmarks": {"aime24": {"accuracy": hard}}}

@@ -31,7 +31,7 @@ from opd.io import atomic_dir
 from opd.prompts import EVAL_SUFFIX
 from opd.schemas import DAPO_PREFIX, DAPO_SUFFIX
 from opd.sft import collate, encode_chat
-from opd.tiny.problems import FRAME_POOLS, SCENARIOS, render, sample_problem, solution
+from opd.tiny.problems import FRAME_POOLS, OPS, SCENARIOS, render, sample_problem, solution
 
 WRAPPERS = [("", EVAL_SUFFIX), ("", ""), (DAPO_PREFIX, DAPO_SUFFIX)]
 WRAPPER_WEIGHTS = [0.6, 0.3, 0.1]
@@ -63,11 +63,12 @@ class ExampleStream:
         self.rng = random.Random(seed)
         self.levels = list(range(recipe["difficulty"][0], recipe["difficulty"][1] + 1))
         self.pattern = recipe["pattern"]
+        self.ops = tuple(recipe.get("ops", OPS))
         self.heldout = heldout
 
     def __next__(self) -> tuple[str, str]:
         while True:
-            p = sample_problem(self.rng, self.rng.choice(self.levels))
+            p = sample_problem(self.rng, self.rng.choice(self.levels), self.ops)
             if (p.start, p.ops) not in self.heldout:
                 break
         pool = self.rng.choice(list(FRAME_POOLS))

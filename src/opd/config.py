@@ -92,6 +92,12 @@ def _check_references(config: dict[str, Any]) -> None:
         for key, registry in (("student", "models"), ("rollouts", "rollouts")):
             if spec[key] not in config.get(registry, {}):
                 raise ConfigError(f"cold_start.{name}.{key}: unknown {registry} entry {spec[key]!r}")
+    for name, spec in config.get("prompt_selection", {}).items():
+        for key, registry in (("teacher", "models"), ("student", "models"),
+                              ("prompts", "prompt_sets"), ("template", "templates")):
+            if spec.get(key) is not None and spec[key] not in config.get(registry, {}):
+                raise ConfigError(f"prompt_selection.{name}.{key}: unknown {registry} entry "
+                                  f"{spec[key]!r}")
     clash = set(config.get("experiments", {})) & set(config.get("models", {}))
     if clash:
         raise ConfigError(f"experiments.{sorted(clash)[0]}: an experiment may not share its name "
@@ -130,6 +136,9 @@ def _check_references(config: dict[str, Any]) -> None:
         lo, hi = recipe["difficulty"]
         if lo > hi:
             raise ConfigError(f"tiny_models.models.{name}.difficulty: [{lo}, {hi}] is empty")
+        if not {"+", "-"} <= set(recipe.get("ops", ["+", "-"])):
+            raise ConfigError(f"tiny_models.models.{name}.ops: {recipe['ops']} must include + "
+                              "and - (every value needs a legal step)")
 
 
 def load(path: Path | str, overrides: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -95,6 +95,49 @@ class VLLMEngine:
                 for out in outputs]
 
 
+def _load_weights_on_worker(worker: Any, weights: list[tuple[str, Any]]) -> None:
+    """Runs inside each vLLM worker: the model's own loader shards full tensors for its rank."""
+    worker.model_runner.model.load_weights(weights=weights)
+
+
+class VLLMRollouts:
+    """The OPD student as a colocated vLLM generator, kept in step with the trained weights.
+
+    ``sample`` returns token ids laid out as ``generation.sample_batch`` does; ``sync`` copies
+    the current student weights into the engine after every optimizer step (strictly
+    on-policy: each batch is sampled from the weights that are trained on it).
+    """
+
+    name = "vllm"
+
+    def __init__(self, model_path: str, seed: int, gpu_memory_utilization: float,
+                 max_model_len: int | None = None):
+        self.engine = VLLMEngine(model_path, tensor_parallel_size=1, seed=seed,
+                                 max_model_len=max_model_len,
+                                 gpu_memory_utilization=gpu_memory_utilization)
+
+    def sample(self, prompts: list[str], sampling: Sampling, tokenizer: Any,
+               device: Any) -> Any:
+        from vllm import SamplingParams
+
+        from opd.generation import rollout_batch
+
+        params = SamplingParams(n=1, temperature=sampling.temperature, top_p=sampling.top_p,
+                                max_tokens=sampling.max_new_tokens, seed=None)
+        outs = self.engine.llm.generate(prompts, params, use_tqdm=False)
+        return rollout_batch([list(o.prompt_token_ids) for o in outs],
+                             [list(o.outputs[0].token_ids) for o in outs],
+                             ["length" if o.outputs[0].finish_reason == "length" else "stop"
+                              for o in outs], tokenizer, device)
+
+    def sync(self, model: Any) -> None:
+        weights = [(name, p.detach().to("cpu", copy=True)) for name, p in model.named_parameters()]
+        self.engine.llm.collective_rpc(_load_weights_on_worker, args=(weights,))
+        reset = getattr(self.engine.llm, "reset_prefix_cache", None)
+        if reset is not None:  # cached prompt states were computed with the old weights
+            reset()
+
+
 def make_engine(requested: str, model_path: str, *, batch_size: int = 64,
                 tensor_parallel_size: int = 1, seed: int = 0,
                 max_model_len: int | None = None) -> tuple[Engine, Any]:

@@ -93,3 +93,26 @@ def generate(model: Any, tokenizer: Any, prompts: list[str], sampling: Sampling,
     for start in tqdm(range(0, len(flat), batch_size), desc="generate", disable=not progress):
         out += sample_batch(model, tokenizer, flat[start:start + batch_size], sampling).completions
     return [out[i * sampling.n:(i + 1) * sampling.n] for i in range(len(prompts))]
+
+
+def rollout_batch(prompt_ids: list[list[int]], response_ids: list[list[int]],
+                  finish_reasons: list[str], tokenizer: Any,
+                  device: str | torch.device = "cpu") -> RolloutBatch:
+    """A ``RolloutBatch`` laid out as ``sample_batch`` lays it out, from token ids sampled
+    elsewhere (vLLM): prompts left-padded, responses right-padded, a response that stopped
+    ends with the end-of-sequence token (added when the engine left it out)."""
+    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    responses = [list(r) + [eos] if f == "stop" and (not r or r[-1] != eos) else list(r)
+                 for r, f in zip(response_ids, finish_reasons)]
+    width = max(len(p) for p in prompt_ids)
+    length = max((len(r) for r in responses), default=0)
+    ids, attn, mask, completions = [], [], [], []
+    for p, r, f in zip(prompt_ids, responses, finish_reasons):
+        ids.append([pad] * (width - len(p)) + list(p) + r + [pad] * (length - len(r)))
+        attn.append([0] * (width - len(p)) + [1] * len(p) + [1] * len(r) + [0] * (length - len(r)))
+        mask.append([1] * len(r) + [0] * (length - len(r)))
+        text_ids = r[:-1] if f == "stop" else r
+        completions.append(Completion(tokenizer.decode(text_ids, skip_special_tokens=True),
+                                      "stop" if f == "stop" else "length", len(p), len(text_ids)))
+    as_tensor = lambda rows: torch.tensor(rows, dtype=torch.long, device=device)  # noqa: E731
+    return RolloutBatch(as_tensor(ids), as_tensor(attn), as_tensor(mask), width, completions)

@@ -35,15 +35,16 @@ def check_same_tokenizer(student_tok: Any, teacher_tok: Any, student: str, teach
             "student's own tokens with the teacher, so both must use the same vocabulary")
 
 
-def load_pair(student: str, teacher: str, student_weights: str | None = None
-              ) -> tuple[Any, Any, Any]:
-    """(tokenizer, student, frozen teacher) on the default device, after the tokenizer check.
+def load_pair(student: str, teacher: str, student_weights: str | None = None,
+              on: str | torch.device | None = None) -> tuple[Any, Any, Any]:
+    """(tokenizer, student, frozen teacher) on ``on`` (default: the default device), after the
+    tokenizer check.
 
     ``student_weights`` loads the student from elsewhere (a checkpoint to resume from).
     """
     tok = AutoTokenizer.from_pretrained(student)
     check_same_tokenizer(tok, AutoTokenizer.from_pretrained(teacher), student, teacher)
-    on = device()
+    on = on or device()
     student_model = load_model(student_weights or student, on)
     teacher_model = load_model(teacher, on).eval().requires_grad_(False)
     return tok, student_model, teacher_model

@@ -52,13 +52,15 @@ def card(model_dir: Path, world: Path, params: dict[str, Any]) -> dict[str, Any]
     probe = score(model, tokenizer, read_table(world / "probe.parquet"), params)
     by_level = {str(d): round(float(g["correct"].mean()), 4)
                 for d, g in probe.groupby("difficulty")}
+    triple = probe["problem"].str.contains("*3", regex=False)   # the teachers' new step
     patterns = probe["pattern"].value_counts(normalize=True).round(4).to_dict()
     out: dict[str, Any] = {
         "model": model_dir.name,
         "recipe": json.loads((model_dir / "recipe.json").read_text()),
         "probe": {**summarise(probe), "by_difficulty": by_level,
                   "easy_accuracy": round(float(probe[probe.difficulty <= 3].correct.mean()), 4),
-                  "hard_accuracy": round(float(probe[probe.difficulty >= 4].correct.mean()), 4)},
+                  "hard_accuracy": round(float(probe[probe.difficulty >= 4].correct.mean()), 4),
+                  "triple_accuracy": round(float(probe[triple].correct.mean()), 4)},
         "patterns": {p: float(patterns.get(p, 0.0)) for p in ("chain", "tally", "none")},
         "benchmarks": {},
         "decoding": "greedy",

@@ -16,15 +16,19 @@ import pandas as pd
 from opd.io import atomic_path, write_json, write_text
 
 
+METRICS = {  # check metric -> (card section, key)
+    "probe_all": ("probe", "accuracy"),
+    "probe_easy": ("probe", "easy_accuracy"),
+    "probe_hard": ("probe", "hard_accuracy"),
+    "probe_triple": ("probe", "triple_accuracy"),
+    "pattern_chain": ("patterns", "chain"),
+    "pattern_tally": ("patterns", "tally"),
+}
+
+
 def metric(card: dict[str, Any], name: str) -> float:
-    probe = card["probe"]
-    return {
-        "probe_all": probe["accuracy"],
-        "probe_easy": probe["easy_accuracy"],
-        "probe_hard": probe["hard_accuracy"],
-        "pattern_chain": card["patterns"]["chain"],
-        "pattern_tally": card["patterns"]["tally"],
-    }[name]
+    section, key = METRICS[name]
+    return card[section][key]
 
 
 def run_checks(cards: dict[str, dict[str, Any]], checks: list[dict[str, Any]]) -> list[dict]:

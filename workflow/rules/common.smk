@@ -151,13 +151,28 @@ def diagnose_params(name):
             "chunk_size": cfg["chunk_size"]}
 
 
+def diagnosed_experiments():
+    """One experiment per distinct (student, teacher, prompts, template): the pre-flight
+    diagnosis does not depend on the OPD objective, so variants of a pair share it."""
+    seen, out = set(), []
+    for name in experiments():
+        exp = config["experiments"][name]
+        key = (exp["student"], exp["teacher"], exp["prompts"], exp["template"])
+        if key not in seen:
+            seen.add(key)
+            out.append(name)
+    return out
+
+
 def all_targets():
     targets = [
         f"{RESULTS}/data/openthoughts_sample.parquet",
         f"{RESULTS}/tables/dedup.md",
         f"{RESULTS}/tables/dedup.csv",
     ]
-    targets += [f"{RESULTS}/diagnose/{e}.json" for e in experiments()]
+    if "dapo" in config["datasets"]:
+        targets.append(f"{RESULTS}/data/dapo_prompts.parquet")
+    targets += [f"{RESULTS}/diagnose/{e}.json" for e in diagnosed_experiments()]
     targets += [f"{RESULTS}/opd/{e}/summary.json" for e in experiments()]
     targets += [f"{RESULTS}/rollouts/{r}/filter_stats.json" for r in config["rollouts"]]
     targets += [f"{RESULTS}/sft/{c}/summary.json" for c in config["cold_start"]]
@@ -188,6 +203,24 @@ def generation(rule_name):
     if gen["tensor_parallel_size"] is None:
         gen["tensor_parallel_size"] = max(1, int(res(rule_name, "gpu") or 0))
     return gen
+
+
+def selection_params(name):
+    """A prompt selection's settings with the generation engine and template resolved."""
+    spec = dict(config["prompt_selection"][name])
+    spec["template"] = config["templates"][spec["template"]]
+    return {**spec, **generation("select_prompts")}
+
+
+def selection_student_input(name):
+    student = config["prompt_selection"][name]["student"]
+    return model_input(student) if student else []
+
+
+def selection_student_arg(name):
+    """`--student <location>`, shell-quoted, or nothing."""
+    student = config["prompt_selection"][name]["student"]
+    return shlex.join(["--student", model_location(student)]) if student else ""
 
 
 def rollout_shards(name):

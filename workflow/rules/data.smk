@@ -134,3 +134,58 @@ rule dedup_table:
     shell:
         "python -m opd.dedup_table --stats {input:q} --csv {output.csv:q} --md {output.md:q}"
         " > {log:q} 2>&1"
+
+
+rule prepare_dapo:
+    """DAPO-Math-17k as a flat prompt set (the teacher-aligned prompts of the rescue recipe)."""
+    input:
+        dataset_input("dapo"),
+    output:
+        prompts=f"{DATA_DIR}/dapo_prompts.parquet",
+        stats=f"{DATA_DIR}/dapo_prompts.stats.json",
+    params:
+        source=as_json(config["datasets"].get("dapo", {})),
+        cfg=as_json({**config["data"]["dapo_prompts"], "on_bad_row": config["data"]["on_bad_row"]}),
+    log:
+        log_path("prepare_dapo", "dapo"),
+    benchmark:
+        bench_path("prepare_dapo", "dapo")
+    threads: 1
+    resources:
+        **rule_resources("prepare_dapo"),
+    conda:
+        "../../envs/cpu.yaml"
+    shell:
+        "python -m opd.prepare_dapo --source {params.source:q} --out {output.prompts:q}"
+        " --stats {output.stats:q} --params {params.cfg:q} > {log:q} 2>&1"
+
+
+rule select_prompts:
+    """Teacher-aligned prompt selection (config `prompt_selection:`)."""
+    input:
+        teacher=lambda w: model_input(config["prompt_selection"][w.selection]["teacher"]),
+        student=lambda w: selection_student_input(w.selection),
+        prompts=lambda w: prompt_set_input(config["prompt_selection"][w.selection]["prompts"]),
+    output:
+        prompts=f"{DATA_DIR}/selected/{{selection}}.parquet",
+        stats=f"{DATA_DIR}/selected/{{selection}}.stats.json",
+    wildcard_constraints:
+        selection="|".join(config["prompt_selection"]) or "__none__",
+    params:
+        teacher=lambda w: model_location(config["prompt_selection"][w.selection]["teacher"]),
+        student=lambda w: selection_student_arg(w.selection),
+        prompts=lambda w: as_json(config["prompt_sets"][config["prompt_selection"][w.selection]["prompts"]]),
+        cfg=lambda w: as_json(selection_params(w.selection)),
+    log:
+        log_path("select_prompts", "{selection}"),
+    benchmark:
+        bench_path("select_prompts", "{selection}")
+    threads: res("select_prompts", "threads")
+    resources:
+        **rule_resources("select_prompts"),
+    conda:
+        "../../envs/vllm.yaml"
+    shell:
+        "python -m opd.select_prompts --prompts {params.prompts:q} --teacher {params.teacher:q}"
+        " {params.student} --out {output.prompts:q} --stats {output.stats:q}"
+        " --params {params.cfg:q} --threads {threads} > {log:q} 2>&1"

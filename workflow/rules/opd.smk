@@ -51,6 +51,7 @@ rule opd_train:
         cfg=lambda w: as_json(opd_params(w.experiment)),
         benchmarks=as_json(config["benchmarks"]),
         out=lambda w: f"{OPD_DIR}/{w.experiment}",
+        launch=launcher("opd_train"),
     log:
         log_path("opd_train", "{experiment}"),
     benchmark:
@@ -58,10 +59,11 @@ rule opd_train:
     threads: res("opd_train", "threads")
     resources:
         **rule_resources("opd_train"),
+    # vLLM (the colocated generator, config opd.generator) brings its own CUDA torch
     conda:
-        "../../envs/gpu.yaml"
+        "../../envs/vllm.yaml"
     shell:
-        "python -m opd.opd_train --student {params.student:q} --teacher {params.teacher:q}"
+        "{params.launch} -m opd.opd_train --student {params.student:q} --teacher {params.teacher:q}"
         " --prompts {params.prompts:q} --out {params.out:q} --params {params.cfg:q}"
         " --benchmarks {params.benchmarks:q} --threads {threads} > {log:q} 2>&1"
 

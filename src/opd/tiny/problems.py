@@ -19,6 +19,7 @@ from dataclasses import dataclass
 MAX_VALUE = 30
 MAX_DIFFICULTY = 5
 PATTERNS = ("chain", "tally")
+OPS = ("+", "-", "*")
 
 # (subject, unit, context) -- three pools so datasets draw from disjoint scenarios.
 SCENARIOS: dict[str, list[tuple[str, str, str]]] = {
@@ -99,21 +100,27 @@ def _apply(a: int, op: str, b: int) -> int:
     raise ValueError(f"unknown operation {op!r}")
 
 
-def _legal_steps(value: int) -> list[tuple[str, int]]:
+def _legal_steps(value: int, allowed: tuple[str, ...] = OPS) -> list[tuple[str, int]]:
     steps = [("+", b) for b in range(1, 10) if value + b <= MAX_VALUE]
     steps += [("-", b) for b in range(1, 10) if value - b >= 0]
     steps += [("*", b) for b in (2, 3) if value * b <= MAX_VALUE and value > 0]
-    return steps
+    return [(op, b) for op, b in steps if op in allowed or f"{op}{b}" in allowed]
 
 
-def sample_problem(rng: random.Random, difficulty: int) -> Problem:
-    """A random problem with ``difficulty`` operations whose values stay in range."""
+def sample_problem(rng: random.Random, difficulty: int,
+                   allowed: tuple[str, ...] = OPS) -> Problem:
+    """A random problem with ``difficulty`` operations whose values stay in range, using only
+    the ``allowed`` steps: an operation (``"*"``) or one operation and operand (``"*2"``).
+    ``+`` and ``-`` must be allowed, so that every value has a legal step."""
     if not 1 <= difficulty <= MAX_DIFFICULTY:
         raise ValueError(f"difficulty must be in 1..{MAX_DIFFICULTY}, got {difficulty}")
+    if not {"+", "-"} <= set(allowed) or not all(a[:1] in OPS for a in allowed):
+        raise ValueError(f"allowed steps must include + and - and start with one of {OPS}, "
+                         f"got {allowed}")
     value = rng.randint(1, 9)
     start, ops = value, []
     for _ in range(difficulty):
-        op, b = rng.choice(_legal_steps(value))
+        op, b = rng.choice(_legal_steps(value, allowed))
         ops.append((op, b))
         value = _apply(value, op, b)
     return Problem(start, tuple(ops))
