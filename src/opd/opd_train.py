@@ -119,17 +119,29 @@ def resumable(ckpt: Path, identity: dict[str, Any]) -> bool:
 
 def save_checkpoint(path: Path, model: Any, tok: Any, opt: torch.optim.Optimizer,
                     step: int, order: PromptOrder, log_path: Path,
-                    identity: dict[str, Any], rng_states: list[torch.Tensor]) -> None:
+                    identity: dict[str, Any], rng_states: list[dict[str, Any]]) -> None:
     """Model, optimizer, every process's RNG, data position and the log so far (Snakemake
     deletes the outputs of a failed job, so the checkpoint keeps its own copy of the log)."""
     with atomic_dir(path) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
-        torch.save({"optimizer": opt.state_dict(), "torch_rng": rng_states},
+        torch.save({"optimizer": opt.state_dict(), "rng": rng_states},
                    tmp / "trainer_state.pt")
         (tmp / "metrics.jsonl").write_text(log_path.read_text())
         write_json(tmp / "state.json", {"step": step, "data_position": order.position,
                                         "identity": identity})
+
+
+def rng_state() -> dict[str, Any]:
+    """This process's random state: CPU, and its GPU's where sampling runs on one."""
+    cuda = torch.cuda.get_rng_state() if torch.cuda.is_available() else None
+    return {"cpu": torch.get_rng_state(), "cuda": cuda}
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["cpu"])
+    if state["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
 
 
 def local_share(idx: list[int], world: int, rank: int) -> list[int]:
@@ -196,9 +208,10 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     torch.manual_seed(cfg["seed"] + rank)
     ckpt = args.out / "checkpoint"
     identity = run_identity(args, world)
-    resume = resumable(ckpt, identity) if main else False
+    if main:
+        resumable(ckpt, identity)  # removes a checkpoint of other settings
     acc.wait_for_everyone()
-    resume = (ckpt / "state.json").exists() if not main else resume
+    resume = (ckpt / "state.json").exists()
     tok, student, teacher = load_pair(args.student, args.teacher,
                                       str(ckpt) if resume else None, on=acc.device)
     opt = torch.optim.AdamW(student.parameters(), lr=cfg["lr"], weight_decay=0.0)
@@ -209,7 +222,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         state = json.loads((ckpt / "state.json").read_text())
         blob = torch.load(ckpt / "trainer_state.pt", weights_only=False)
         opt.load_state_dict(blob["optimizer"])
-        torch.set_rng_state(blob["torch_rng"][rank])
+        set_rng_state(blob["rng"][rank])
         start, order.position = state["step"], state["data_position"]
         if main:
             log_path.write_text((ckpt / "metrics.jsonl").read_text())
@@ -274,7 +287,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             bar.set_postfix(loss=f"{agg.get('loss', 0):.4f}",
                             overlap=f"{agg.get('overlap_ratio', 0):.3f}")
         if (step + 1) % cfg["checkpoint_every"] == 0 or last:
-            rng = torch.get_rng_state()
+            rng = rng_state()
             rng_states = gather_object([rng]) if world > 1 else [rng]
             if main:
                 save_checkpoint(ckpt, student, tok, opt, step + 1, order, log_path, identity,

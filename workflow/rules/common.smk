@@ -190,11 +190,15 @@ def rollouts_spec(name):
     return config["rollouts"][name]
 
 
+def generation_params(spec, rule_name):
+    """Settings of a generating job: its template resolved, the generation engine added."""
+    return {**spec, "template": config["templates"][spec["template"]], **generation(rule_name)}
+
+
 def rollouts_params(name):
     """A rollout set's settings with the generation engine, filters and template resolved."""
-    spec = dict(config["rollouts"][name])
-    spec["template"] = config["templates"][spec["template"]]
-    return {**spec, **generation("teacher_rollouts"), "filters": config["filters"]}
+    return {**generation_params(config["rollouts"][name], "teacher_rollouts"),
+            "filters": config["filters"]}
 
 
 def generation(rule_name):
@@ -206,10 +210,7 @@ def generation(rule_name):
 
 
 def selection_params(name):
-    """A prompt selection's settings with the generation engine and template resolved."""
-    spec = dict(config["prompt_selection"][name])
-    spec["template"] = config["templates"][spec["template"]]
-    return {**spec, **generation("select_prompts")}
+    return generation_params(config["prompt_selection"][name], "select_prompts")
 
 
 def selection_student_input(name):
