@@ -14,6 +14,7 @@ include: "workflow/rules/data.smk"
 include: "workflow/rules/rollouts.smk"
 include: "workflow/rules/opd.smk"
 include: "workflow/rules/eval.smk"
+include: "workflow/rules/report.smk"
 
 
 rule all:

@@ -21,7 +21,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from opd.dedup_semantic import nearest
+from opd.stages.data.dedup_semantic import nearest
 
 
 def unit_rows(rng: np.random.Generator, n: int, dim: int) -> np.ndarray:

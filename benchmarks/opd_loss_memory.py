@@ -4,7 +4,7 @@ Each measurement runs in its own process: random student/teacher logits [1, T, 1
 (float32, seeded) are allocated first, then one forward + backward of the loss runs. The
 memory reported is the peak resident memory *above* the inputs (VmHWM after the step minus
 VmHWM with the inputs in place), i.e. what the loss itself needs. ``ours`` is
-``opd.losses.opd_loss`` with ``chunk_size``; ``naive`` is a direct implementation that
+``opd.train.losses.opd_loss`` with ``chunk_size``; ``naive`` is a direct implementation that
 materialises full-vocabulary log-softmax tensors for both models. Both sides must agree on
 the loss and on a fixed sample of gradient entries to 1e-5.
 
@@ -69,7 +69,7 @@ def child(impl: str, variant: str, T: int, chunk: int) -> dict:
     if impl == "naive":
         loss = naive_loss(s, t, tokens, mask, variant)
     else:
-        from opd.losses import opd_loss
+        from opd.train.losses import opd_loss
 
         loss, _ = opd_loss(s, t, tokens, mask, variant=variant, top_k=16, chunk_size=chunk)
     loss.backward()

@@ -4,7 +4,7 @@ Both sides get the same batch: student rollouts sampled once (seeded) from the t
 tiny OpenThoughts prompts, i.e. identical prompt/completion token ids and lengths. A step is
 timed from the token ids to the updated weights: teacher forward, student forward, loss,
 backward, gradient clipping and one AdamW update. Generation is excluded on both sides (both
-use ``transformers`` generate on CPU). Ours: ``opd.losses.opd_loss`` with the full-vocabulary
+use ``transformers`` generate on CPU). Ours: ``opd.train.losses.opd_loss`` with the full-vocabulary
 reverse KL (which also computes every mechanism metric). TRL: ``DistillationTrainer`` with
 ``beta=1`` (reverse KL) through its ``compute_loss``. Both loss values are reported: at
 temperature 1 both are the token-mean reverse KL, so they must agree.
@@ -29,10 +29,10 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from opd.generation import RolloutBatch, Sampling, sample_batch
-from opd.losses import opd_loss
-from opd.pair import load_pair, response_logits
-from opd.prompts import EVAL_SUFFIX, chat_prompt
+from opd.train.generation import RolloutBatch, Sampling, sample_batch
+from opd.train.losses import opd_loss
+from opd.train.pair import load_pair, response_logits
+from opd.core.prompts import EVAL_SUFFIX, chat_prompt
 
 
 def rollouts(tok, student, prompts: list[str], n: int, max_new: int) -> RolloutBatch:

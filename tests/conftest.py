@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -31,7 +33,7 @@ SMALL_WORLD = {
 
 @pytest.fixture(scope="module")
 def small_world(tmp_path_factory) -> Path:
-    from opd.build_tiny_world import build
+    from opd.stages.tiny.build_tiny_world import build
 
     out = tmp_path_factory.mktemp("world")
     build(out, SMALL_WORLD)
@@ -40,11 +42,39 @@ def small_world(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def small_tokenizer(small_world, tmp_path_factory) -> Path:
-    from opd.build_tiny_tokenizer import main
+    from opd.stages.tiny.build_tiny_tokenizer import main
 
     out = tmp_path_factory.mktemp("tok") / "tokenizer"
     main(["--world", str(small_world), "--out", str(out), "--params", '{"vocab_size": 600}'])
     return out
+
+
+def schema_section(section: str, **values):
+    """A config section with the given values and every other key at its schema default."""
+    from opd.core.config import validate
+
+    return validate({"world": "tiny", section: values})[section]
+
+
+def tiny_recipe(recipe: dict) -> dict:
+    """A tiny-model recipe (its arch given as a dict) with schema defaults filled in, as the
+    workflow passes it to build_tiny_models."""
+    from opd.core.config import validate
+
+    section = validate({"world": "tiny", "tiny_models": {
+        "archs": {"a": recipe["arch"]}, "models": {"m": {**recipe, "arch": "a"}}}})["tiny_models"]
+    return {**section["models"]["m"], "arch": section["archs"]["a"]}
+
+
+def kill_when(proc: subprocess.Popen, ready, timeout: float = 600) -> None:
+    """SIGKILL ``proc`` (started with ``start_new_session=True``) and its children as soon as
+    ``ready()`` holds; fails if the process finished first."""
+    deadline = time.time() + timeout
+    while not ready() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
 
 
 def copy_workflow(dest: Path) -> Path:

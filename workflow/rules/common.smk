@@ -4,7 +4,7 @@ import os
 import shlex
 import sys
 
-from opd.config import ConfigError, validate
+from opd.core.config import ConfigError, validate
 
 try:
     validate(config)
@@ -14,6 +14,7 @@ except ConfigError as err:
 RESULTS = "results"
 TINY_WORLD_DIR = f"{RESULTS}/world/tiny"
 TINY_MODELS_DIR = f"{RESULTS}/models/tiny"
+OPD_DIR = f"{RESULTS}/opd"
 TINY_WORLD_FILES = [
     "openthoughts", "dapo", "deepmath", "deepmath_planted", "probe", "aime24", "aime25", "amc23",
 ]

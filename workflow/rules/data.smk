@@ -22,7 +22,7 @@ rule sample_openthoughts:
     conda:
         "../../envs/cpu.yaml"
     shell:
-        "python -m opd.sample_openthoughts --source {params.source:q} --out {output.sample:q}"
+        "python -m opd.stages.data.sample_openthoughts --source {params.source:q} --out {output.sample:q}"
         " --stats {output.stats:q} --params {params.cfg:q} > {log:q} 2>&1"
 
 
@@ -47,7 +47,7 @@ rule dedup_exact:
     conda:
         "../../envs/cpu.yaml"
     shell:
-        "python -m opd.dedup_exact --dapo {params.dapo:q} --deepmath {params.deepmath:q}"
+        "python -m opd.stages.data.dedup_exact --dapo {params.dapo:q} --deepmath {params.deepmath:q}"
         " --removed {output.removed:q} --stats {output.stats:q}"
         " --on-bad-row {params.on_bad_row:q} > {log:q} 2>&1"
 
@@ -77,7 +77,7 @@ rule embed_dedup_texts:
     conda:
         "../../envs/cpu.yaml"
     shell:
-        "python -m opd.embed_texts --dapo {params.dapo:q} --deepmath {params.deepmath:q}"
+        "python -m opd.stages.data.embed_dedup_texts --dapo {params.dapo:q} --deepmath {params.deepmath:q}"
         " --model {params.model:q} --batch-size {params.batch:q} --out-dapo {output.dapo:q}"
         " --out-deepmath {output.deepmath:q} --meta {output.meta:q}"
         " --on-bad-row {params.on_bad_row:q} > {log:q} 2>&1"
@@ -108,7 +108,7 @@ rule dedup_semantic:
     conda:
         "../../envs/cpu.yaml"
     shell:
-        "python -m opd.dedup_semantic --dapo {params.dapo:q} --deepmath {params.deepmath:q}"
+        "python -m opd.stages.data.dedup_semantic --dapo {params.dapo:q} --deepmath {params.deepmath:q}"
         " --exact-removed {input.exact:q} --emb-dapo {input.emb[0]:q}"
         " --emb-deepmath {input.emb[1]:q} --meta {input.emb[2]:q}"
         " --threshold {params.threshold:q} --kept {output.kept:q} --removed {output.removed:q}"
@@ -132,7 +132,7 @@ rule dedup_table:
     conda:
         "../../envs/cpu.yaml"
     shell:
-        "python -m opd.dedup_table --stats {input:q} --csv {output.csv:q} --md {output.md:q}"
+        "python -m opd.stages.data.dedup_table --stats {input:q} --csv {output.csv:q} --md {output.md:q}"
         " > {log:q} 2>&1"
 
 
@@ -156,7 +156,7 @@ rule prepare_dapo:
     conda:
         "../../envs/cpu.yaml"
     shell:
-        "python -m opd.prepare_dapo --source {params.source:q} --out {output.prompts:q}"
+        "python -m opd.stages.data.prepare_dapo --source {params.source:q} --out {output.prompts:q}"
         " --stats {output.stats:q} --params {params.cfg:q} > {log:q} 2>&1"
 
 
@@ -186,6 +186,6 @@ rule select_prompts:
     conda:
         "../../envs/vllm.yaml"
     shell:
-        "python -m opd.select_prompts --prompts {params.prompts:q} --teacher {params.teacher:q}"
+        "python -m opd.stages.data.select_prompts --prompts {params.prompts:q} --teacher {params.teacher:q}"
         " {params.student} --out {output.prompts:q} --stats {output.stats:q}"
         " --params {params.cfg:q} --threads {threads} > {log:q} 2>&1"

@@ -27,6 +27,6 @@ rule evaluate:
     conda:
         "../../envs/vllm.yaml"
     shell:
-        "python -m opd.evaluate --model {params.model:q} --benchmark {params.benchmark:q}"
+        "python -m opd.stages.eval.evaluate --model {params.model:q} --benchmark {params.benchmark:q}"
         " --out {output.samples:q} --summary {output.summary:q} --params {params.cfg:q}"
         " --threads {threads} > {log:q} 2>&1"

@@ -28,7 +28,7 @@ rule teacher_rollouts:
     conda:
         "../../envs/vllm.yaml"
     shell:
-        "python -m opd.teacher_rollouts --model {params.teacher:q} --prompts {params.prompts:q}"
+        "python -m opd.stages.rollouts.teacher_rollouts --model {params.teacher:q} --prompts {params.prompts:q}"
         " --shard {wildcards.shard} --num-shards {wildcards.shards} --out {output:q}"
         " --params {params.cfg:q} --threads {threads} > {log:q} 2>&1"
 
@@ -55,7 +55,7 @@ rule filter_rollouts:
     conda:
         "../../envs/cpu.yaml"
     shell:
-        "python -m opd.filter_rollouts --shards {input.shards:q} --out {output.sft:q}"
+        "python -m opd.stages.rollouts.filter_rollouts --shards {input.shards:q} --out {output.sft:q}"
         " --stats {output.stats:q} --params {params.cfg:q} > {log:q} 2>&1"
 
 
@@ -84,7 +84,7 @@ rule cold_start_sft:
     conda:
         "../../envs/gpu.yaml"
     shell:
-        "{params.launch} -m opd.cold_start_sft --model {params.student:q} --data {input.data:q}"
+        "{params.launch} -m opd.stages.rollouts.cold_start_sft --model {params.student:q} --data {input.data:q}"
         " --out {params.out:q} --params {params.cfg:q} --threads {threads} > {log:q} 2>&1"
 
 
@@ -110,5 +110,5 @@ rule cold_start_check:
     conda:
         "../../envs/cpu.yaml"
     shell:
-        "python -m opd.cold_start_check --base {input.base:q} --sft {input.sft:q}"
+        "python -m opd.stages.rollouts.cold_start_check --base {input.base:q} --sft {input.sft:q}"
         " --pattern {params.pattern:q} --out {output:q} > {log:q} 2>&1"

@@ -20,7 +20,7 @@ rule build_tiny_world:
     conda:
         "../../envs/cpu.yaml"
     shell:
-        "python -m opd.build_tiny_world --out {params.out:q} --params {params.cfg:q}"
+        "python -m opd.stages.tiny.build_tiny_world --out {params.out:q} --params {params.cfg:q}"
         " > {log:q} 2>&1"
 
 
@@ -42,7 +42,7 @@ rule build_tiny_tokenizer:
     conda:
         "../../envs/cpu.yaml"
     shell:
-        "python -m opd.build_tiny_tokenizer --world {params.world:q} --out {output:q}"
+        "python -m opd.stages.tiny.build_tiny_tokenizer --world {params.world:q} --out {output:q}"
         " --params {params.cfg:q} > {log:q} 2>&1"
 
 
@@ -69,7 +69,7 @@ rule build_tiny_models:
     conda:
         "../../envs/cpu.yaml"
     shell:
-        "python -m opd.build_tiny_models --world {params.world:q} --tokenizer {input.tokenizer:q}"
+        "python -m opd.stages.tiny.build_tiny_models --world {params.world:q} --tokenizer {input.tokenizer:q}"
         " --out {output:q} --params {params.cfg:q} {params.init} --threads {threads}"
         " > {log:q} 2>&1"
 
@@ -96,7 +96,7 @@ rule tiny_model_card:
     conda:
         "../../envs/cpu.yaml"
     shell:
-        "python -m opd.tiny_model_card --model {input.model:q} --world {params.world:q}"
+        "python -m opd.stages.tiny.tiny_model_card --model {input.model:q} --world {params.world:q}"
         " --out {output:q} --params {params.cfg:q} --threads {threads} > {log:q} 2>&1"
 
 
@@ -120,5 +120,5 @@ rule tiny_models_table:
     conda:
         "../../envs/cpu.yaml"
     shell:
-        "python -m opd.tiny_models_table --cards {input:q} --md {output.md:q}"
+        "python -m opd.stages.tiny.tiny_models_table --cards {input:q} --md {output.md:q}"
         " --csv {output.csv:q} --checks {output.checks:q} --params {params.cfg:q} > {log:q} 2>&1"

@@ -1,0 +1,165 @@
+"""Config validation against ``workflow/schemas/config.schema.yaml`` with default filling.
+
+Used by the Snakefile (before any job runs) and by the tests. Errors name the offending key
+by its dotted path, e.g. ``tiny_world.dapo: -1 is less than the minimum of 1``.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from pathlib import Path
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+import jsonschema
+import yaml
+
+SCHEMA_PATH = Path(__file__).resolve().parents[3] / "workflow" / "schemas" / "config.schema.yaml"
+
+
+class ConfigError(ValueError):
+    """The config does not match the schema; the message names the key."""
+
+
+def load_schema(path: Path = SCHEMA_PATH) -> dict[str, Any]:
+    return yaml.safe_load(path.read_text())
+
+
+def _with_defaults(validator_class: type) -> type:
+    """A validator class that writes each property's ``default`` into the instance."""
+    validate_properties = validator_class.VALIDATORS["properties"]
+
+    def set_defaults(validator, properties, instance, schema):
+        if isinstance(instance, dict):
+            for name, sub in properties.items():
+                if "default" in sub and name not in instance:
+                    instance[name] = copy.deepcopy(sub["default"])
+        yield from validate_properties(validator, properties, instance, schema)
+
+    return jsonschema.validators.extend(validator_class, {"properties": set_defaults})
+
+
+def _key(error: jsonschema.ValidationError) -> str:
+    path = ".".join(str(p) for p in error.absolute_path)
+    if error.validator == "additionalProperties":
+        unknown = sorted(set(error.instance) - set(error.schema.get("properties", {})))
+        if unknown:
+            where = f"{path}." if path else ""
+            return ", ".join(f"{where}{u}" for u in unknown)
+    return path or "<top level>"
+
+
+def validate(config: dict[str, Any], schema: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Fill defaults into ``config`` in place and return it; raise ConfigError if invalid."""
+    schema = schema or load_schema()
+    cls = _with_defaults(jsonschema.validators.validator_for(schema))
+    errors = sorted(cls(schema).iter_errors(config), key=lambda e: list(e.absolute_path))
+    if errors:
+        lines = []
+        for e in errors:
+            if e.validator == "additionalProperties":
+                lines.append(f"{_key(e)}: unknown key (not in the config schema)")
+            else:
+                lines.append(f"{_key(e)}: {e.message}")
+        raise ConfigError("invalid config:\n  " + "\n  ".join(lines))
+    _check_references(config)
+    return config
+
+
+def _check_references(config: dict[str, Any]) -> None:
+    """Cross-references the schema cannot express: names of archs, models, prompt sets,
+    templates, and each experiment's opd overrides (validated as an opd section)."""
+    opd_schema = load_schema()["properties"]["opd"]
+    opd_validator = jsonschema.validators.validator_for(opd_schema)(opd_schema)
+    for name, exp in config.get("experiments", {}).items():
+        where = f"experiments.{name}"
+        for key, registry in (("student", "models"), ("teacher", "models"),
+                              ("prompts", "prompt_sets"), ("template", "templates")):
+            if exp[key] not in config.get(registry, {}):
+                raise ConfigError(f"{where}.{key}: unknown {registry} entry {exp[key]!r}")
+        merged = {**config.get("opd", {}), **exp.get("opd", {})}
+        for err in opd_validator.iter_errors(merged):
+            key = ".".join(str(p) for p in err.absolute_path)
+            if err.validator == "additionalProperties":
+                unknown = sorted(set(merged) - set(opd_schema["properties"]))
+                raise ConfigError(f"{where}.opd.{', '.join(unknown)}: unknown key")
+            raise ConfigError(f"{where}.opd.{key}: {err.message}")
+    for name, spec in config.get("rollouts", {}).items():
+        for key, registry in (("teacher", "models"), ("prompts", "prompt_sets"),
+                              ("template", "templates")):
+            if spec[key] not in config.get(registry, {}):
+                raise ConfigError(f"rollouts.{name}.{key}: unknown {registry} entry {spec[key]!r}")
+    for name, spec in config.get("cold_start", {}).items():
+        for key, registry in (("student", "models"), ("rollouts", "rollouts")):
+            if spec[key] not in config.get(registry, {}):
+                raise ConfigError(f"cold_start.{name}.{key}: unknown {registry} entry {spec[key]!r}")
+    for name, spec in config.get("prompt_selection", {}).items():
+        for key, registry in (("teacher", "models"), ("student", "models"),
+                              ("prompts", "prompt_sets"), ("template", "templates")):
+            if spec.get(key) is not None and spec[key] not in config.get(registry, {}):
+                raise ConfigError(f"prompt_selection.{name}.{key}: unknown {registry} entry "
+                                  f"{spec[key]!r}")
+    clash = set(config.get("experiments", {})) & set(config.get("models", {}))
+    if clash:
+        raise ConfigError(f"experiments.{sorted(clash)[0]}: an experiment may not share its name "
+                          "with a model (evaluation results are stored by name)")
+    for name in config.get("cold_start", {}):
+        expected = f"results/sft/{name}/final"
+        spec = config.get("models", {}).get(name)
+        if spec is None or spec.get("path") != expected:
+            raise ConfigError(f"cold_start.{name}: list the SFT student under models as "
+                              f"{name}: {{path: {expected}}} so experiments can use it")
+    for gname, group in config.get("groups", {}).items():
+        for e in group["experiments"]:
+            if e not in config.get("experiments", {}):
+                raise ConfigError(f"groups.{gname}.experiments: unknown experiment {e!r}")
+        for i, claim in enumerate(group["claims"]):
+            for side in ("a", "b"):
+                if claim.get(side) is not None and claim[side] not in group["experiments"]:
+                    raise ConfigError(f"groups.{gname}.claims[{i}].{side}: {claim[side]!r} is "
+                                      "not an experiment of the group")
+            if claim.get("b") is None and claim.get("value") is None:
+                raise ConfigError(f"groups.{gname}.claims[{i}]: give b (an experiment) or value")
+    evaluation = config.get("evaluation", {})
+    for name in evaluation.get("models", []):
+        if name not in config.get("models", {}):
+            raise ConfigError(f"evaluation.models: unknown models entry {name!r}")
+    if evaluation and evaluation["template"] not in config.get("templates", {}):
+        raise ConfigError(f"evaluation.template: unknown templates entry {evaluation['template']!r}")
+    tiny = config.get("tiny_models", {})
+    archs, models = tiny.get("archs", {}), tiny.get("models", {})
+    for name, recipe in models.items():
+        if recipe["arch"] not in archs:
+            raise ConfigError(f"tiny_models.models.{name}.arch: unknown arch {recipe['arch']!r}"
+                              f" (known: {', '.join(sorted(archs)) or 'none'})")
+        if recipe.get("init") is not None and recipe["init"] not in models:
+            raise ConfigError(f"tiny_models.models.{name}.init: unknown model {recipe['init']!r}")
+        lo, hi = recipe["difficulty"]
+        if lo > hi:
+            raise ConfigError(f"tiny_models.models.{name}.difficulty: [{lo}, {hi}] is empty")
+        if not {"+", "-"} <= set(recipe.get("ops", ["+", "-"])):
+            raise ConfigError(f"tiny_models.models.{name}.ops: {recipe['ops']} must include + "
+                              "and - (every value needs a legal step)")
+
+
+def load(path: Path | str, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Read a YAML config, apply top-level overrides, validate and fill defaults."""
+    config = yaml.safe_load(Path(path).read_text()) or {}
+    config.update(overrides or {})
+    return validate(config)
+
+
+def typed(cls: type[T], section: dict[str, Any], where: str) -> T:
+    """A stage's parameters as the dataclass ``cls``, from a validated config section.
+
+    Defaults live in the schema only: every field must be present, and a key the dataclass
+    does not declare is an error (a setting nothing would read), both named by ``where``."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    missing, unknown = sorted(names - set(section)), sorted(set(section) - names)
+    if missing or unknown:
+        parts = ([f"missing {', '.join(missing)}"] if missing else []) + \
+            ([f"unknown {', '.join(unknown)}"] if unknown else [])
+        raise ConfigError(f"{where}: {'; '.join(parts)}")
+    return cls(**{k: section[k] for k in names})

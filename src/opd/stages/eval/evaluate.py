@@ -1,0 +1,102 @@
+"""Evaluate one model on one benchmark: N samples per problem, graded on the last \\boxed{}.
+
+Writes every sample (parquet: problem index, sample index, response, finish reason, token
+counts, extracted answer, correctness) and a summary JSON: avg@N (mean accuracy over all
+samples), pass@N (a problem counts when any of its N samples is right), problems solved by
+none / by all samples, mean response length, format-error rate (no final boxed answer) and
+truncation rate. ``patterns`` adds the share of responses in each tiny-world thinking pattern.
+
+    python -m opd.stages.eval.evaluate --model M --benchmark '{"path": ..., "problem_field": ...}' \
+        --out results/eval/NAME/BENCH.parquet --summary results/eval/NAME/BENCH.json \
+        --params '{"n": 16, "temperature": 0.7, "top_p": 0.95, "max_new_tokens": ..., ...}'
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import torch
+
+from opd.core.data import load_benchmark
+from opd.train.engine import make_engine
+from opd.train.generation import Completion, Sampling
+from opd.core.grading import is_correct, last_boxed
+from opd.core.io import write_json, write_parquet
+from opd.core.prompts import apply_template, chat_prompt
+
+
+def pass_at_n(correct: list[list[bool]]) -> float:
+    """Share of problems with at least one correct sample."""
+    return sum(any(c) for c in correct) / max(1, len(correct))
+
+
+def avg_at_n(correct: list[list[bool]]) -> float:
+    """Mean accuracy over every sample of every problem."""
+    flat = [x for c in correct for x in c]
+    return sum(flat) / max(1, len(flat))
+
+
+def summarise(correct: list[list[bool]], completions: list[list[Completion]],
+              patterns: list[list[str | None]] | None = None) -> dict[str, Any]:
+    flat = [c for cs in completions for c in cs]
+    n = max(1, len(flat))
+    out: dict[str, Any] = {
+        "problems": len(correct),
+        "samples_per_problem": len(correct[0]) if correct else 0,
+        "avg_at_n": avg_at_n(correct),
+        "pass_at_n": pass_at_n(correct),
+        "solved_by_none": sum(not any(c) for c in correct),
+        "solved_by_all": sum(all(c) for c in correct if c),
+        "mean_response_tokens": sum(c.response_tokens for c in flat) / n,
+        "format_error_rate": sum(last_boxed(c.text) is None for c in flat) / n,
+        "truncated_rate": sum(c.finish_reason == "length" for c in flat) / n,
+    }
+    if patterns is not None:
+        counts = Counter(p or "other" for ps in patterns for p in ps)
+        out["pattern_share"] = {k: counts[k] / n for k in sorted(counts)}
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", required=True, help="model directory or hub id")
+    ap.add_argument("--benchmark", type=json.loads, required=True, help="benchmark spec (JSON)")
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--summary", type=Path, required=True)
+    ap.add_argument("--params", type=json.loads, required=True)
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    cfg = args.params
+    bench = load_benchmark(args.benchmark)
+    engine, tok = make_engine(cfg["engine"], args.model, batch_size=cfg["batch_size"],
+                              tensor_parallel_size=cfg["tensor_parallel_size"], seed=cfg["seed"])
+    sampling = Sampling(max_new_tokens=cfg["max_new_tokens"], temperature=cfg["temperature"],
+                        top_p=cfg["top_p"], n=cfg["n"], seed=cfg["seed"])
+    prompts = [chat_prompt(tok, apply_template(cfg["template"], p)) for p in bench["problem"]]
+    completions = engine.generate(prompts, sampling)
+    correct = [[is_correct(c.text, gold) for c in cs]
+               for cs, gold in zip(completions, bench["answer"])]
+    patterns = None
+    if cfg.get("patterns"):
+        from opd.tiny.problems import detect_pattern
+        patterns = [[detect_pattern(c.text) for c in cs] for cs in completions]
+    rows = [{"problem": i, "sample": j, "response": c.text, "finish_reason": c.finish_reason,
+             "prompt_tokens": c.prompt_tokens, "response_tokens": c.response_tokens,
+             "extracted": last_boxed(c.text), "gold": str(bench["answer"][i]), "correct": ok}
+            for i, (cs, oks) in enumerate(zip(completions, correct))
+            for j, (c, ok) in enumerate(zip(cs, oks))]
+    write_parquet(args.out, pa.Table.from_pylist(rows))
+    summary = {"model": args.model, "engine": engine.name, **summarise(correct, completions,
+                                                                         patterns)}
+    write_json(args.summary, summary)
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,113 @@
+"""Pre-flight compatibility check of a teacher/student pair, before spending GPU hours.
+
+On a sample of the experiment's prompts, the student generates rollouts and the teacher
+scores them: initial top-k overlap, shared probability mass, entropy gap and reverse KL at
+step 0 (as the paper finds, initial overlap predicts whether OPD succeeds). The teacher also
+answers the same prompts: its accuracy on prompts the student never solves measures what it
+can offer that the student lacks. The verdict, with thresholds from config:
+
+- "thinking-pattern mismatch": overlap below ``min_overlap``;
+- "no new capability": the teacher solves fewer than ``min_new_capability`` of the prompts the
+  student fails on;
+- "compatible" otherwise.
+
+    python -m opd.stages.opd.diagnose_pair --student S --teacher T --prompts '{...}' --out D.json --params '{...}'
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from opd.core.data import load_prompt_set
+from opd.train.generation import RolloutBatch, Sampling, sample_batch
+from opd.core.grading import is_correct
+from opd.core.io import write_json
+from opd.train.losses import opd_loss
+from opd.train.pair import load_pair, response_logits
+from opd.core.prompts import apply_template, chat_prompt
+
+
+def accuracy_by_prompt(batch: RolloutBatch, answers: list[str | None], n: int) -> list[bool | None]:
+    """Whether any of a prompt's ``n`` responses is correct (None without a reference)."""
+    out = []
+    for i, ans in enumerate(answers):
+        outs = batch.completions[i * n:(i + 1) * n]
+        out.append(None if ans is None else any(is_correct(c.text, ans) for c in outs))
+    return out
+
+
+@torch.no_grad()
+def diagnose(args: argparse.Namespace) -> dict[str, Any]:
+    cfg = args.params
+    torch.manual_seed(cfg["seed"])
+    tok, student, teacher = load_pair(args.student, args.teacher)
+    student.eval()
+    prompts = load_prompt_set(args.prompts)
+    picks = sorted(random.Random(cfg["seed"]).sample(range(len(prompts)),
+                                                     min(cfg["n_prompts"], len(prompts))))
+    rows, n = prompts.iloc[picks], cfg["responses_per_prompt"]
+    texts = [chat_prompt(tok, apply_template(cfg["template"], p)) for p in rows["prompt"]]
+    flat = [t for t in texts for _ in range(n)]
+    sampling = Sampling(max_new_tokens=cfg["max_response_tokens"], temperature=cfg["temperature"],
+                        seed=cfg["seed"])
+    s_batch = sample_batch(student, tok, flat, sampling)
+    _, metrics = opd_loss(response_logits(student, s_batch),
+                          response_logits(teacher, s_batch) / cfg["teacher_temperature"],
+                          s_batch.response_ids, s_batch.response_mask, variant="topk",
+                          top_k=cfg["top_k"], chunk_size=cfg["chunk_size"])
+    t_batch = sample_batch(teacher, tok, flat, sampling)
+    answers = list(rows["answer"])
+    s_ok, t_ok = accuracy_by_prompt(s_batch, answers, n), accuracy_by_prompt(t_batch, answers, n)
+    graded = [(s, t) for s, t in zip(s_ok, t_ok) if s is not None]
+    unsolved = [t for s, t in graded if not s]
+    report = {
+        "student": args.student, "teacher": args.teacher, "prompts": len(rows),
+        "responses_per_prompt": n,
+        **{k: v for k, v in metrics.items() if k != "buckets"},
+        "student_solved": sum(s for s, _ in graded) / len(graded) if graded else None,
+        "teacher_solved": sum(t for _, t in graded) / len(graded) if graded else None,
+        "student_unsolved_prompts": len(unsolved),
+        "teacher_on_student_unsolved": sum(unsolved) / len(unsolved) if unsolved else None,
+        "thresholds": {"min_overlap": cfg["min_overlap"],
+                       "min_new_capability": cfg["min_new_capability"]},
+    }
+    new_cap = report["teacher_on_student_unsolved"]
+    if math.isnan(report["overlap_ratio"]) or report["overlap_ratio"] < cfg["min_overlap"]:
+        verdict = "thinking-pattern mismatch"
+    elif new_cap is not None and new_cap < cfg["min_new_capability"]:
+        verdict = "no new capability"
+    else:
+        verdict = "compatible"
+    report["verdict"] = verdict
+    report["verdict_line"] = (
+        f"{verdict}: overlap {report['overlap_ratio']:.3f}, shared mass "
+        f"{report['shared_mass_student']:.3f}, reverse KL {report['reverse_kl']:.3f}, teacher "
+        f"solves {0 if new_cap is None else new_cap:.2f} of the student's unsolved prompts")
+    return report
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--student", required=True)
+    ap.add_argument("--teacher", required=True)
+    ap.add_argument("--prompts", type=json.loads, required=True)
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--params", type=json.loads, required=True)
+    ap.add_argument("--threads", type=int, default=None)
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    report = diagnose(args)
+    write_json(args.out, report)
+    print(report["verdict_line"])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,408 @@
+"""Strictly on-policy distillation of a student from a teacher (one experiment).
+
+Each step: draw ``prompts_per_step`` prompts, sample ``responses_per_prompt`` responses from
+the current student (temperature 1, no truncation of the distribution), score every response
+token with the teacher, and take one optimizer step on ``opd.train.losses.opd_loss``. Logs one JSON
+line per step (loss, every mechanism metric, per-position buckets, lr, grad norm, response
+length, accuracy), validates periodically, checkpoints every N steps (model, optimizer, RNG,
+data position) and resumes exactly from the last checkpoint after a crash.
+
+Several processes (``accelerate launch`` or ``torchrun``; one GPU each, or CPU processes over
+gloo) run data parallel: each holds the teacher and a student replica, samples and scores its
+share of the step's prompts, and the gradients are summed so that the update is the one of
+the token mean over every process's rollouts. Process 0 validates, logs and checkpoints.
+
+    python -m opd.stages.opd.opd_train --student S --teacher T --prompts P.parquet --out results/opd/NAME \
+        --params '{...resolved experiment...}' [--benchmarks '{...}']
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from accelerate import Accelerator
+from accelerate.utils import gather_object
+from tqdm import tqdm
+
+from opd.core.data import load_benchmark, load_prompt_set
+from opd.train.engine import resolve
+from opd.train.generation import RolloutBatch, Sampling, generate, sample_batch
+from opd.core.grading import is_correct
+from opd.core.config import typed
+from opd.core.io import atomic_dir, write_json
+from opd.core.prompts import apply_template, chat_prompt
+from opd.train.losses import opd_loss
+from opd.train.pair import load_pair, response_logits
+from opd.train.trainer import (Checkpoint, RunLog, load_torch_state, lr_at, rng_state,
+                               save_torch_state, set_lr, set_rng_state)
+
+
+@dataclass
+class Validation:
+    n: int
+    temperature: float
+    top_p: float
+
+
+@dataclass
+class OPDParams:
+    """An experiment's resolved OPD settings (config ``opd`` with the experiment's overrides,
+    its steps, seed and template); every default comes from the config schema."""
+    variant: str
+    top_k: int
+    support: str
+    weighting: str
+    lr: float
+    lr_schedule: str
+    warmup_ratio: float
+    weight_decay: float
+    prompts_per_step: int
+    responses_per_prompt: int
+    updates_per_batch: int
+    clip_range: float
+    grad_clip: float
+    temperature: float
+    teacher_temperature: float
+    mixed_precision: str
+    max_prompt_tokens: int
+    max_response_tokens: int
+    micro_batch_size: int
+    chunk_size: int | None
+    bucket_size: int
+    generator: str
+    vllm_gpu_memory_utilization: float
+    checkpoint_every: int
+    validation_every: int
+    validation: Validation
+    steps: int
+    seed: int
+    template: str
+
+    @classmethod
+    def from_config(cls, section: dict[str, Any]) -> "OPDParams":
+        params = typed(cls, section, "opd")
+        params.validation = typed(Validation, section["validation"], "opd.validation")
+        return params
+
+
+class PromptOrder:
+    """Seeded epochs over the prompt set; the position is part of the checkpoint."""
+
+    def __init__(self, n: int, seed: int, position: int = 0):
+        self.n, self.seed, self.position = n, seed, position
+        self._epoch, self._perm = -1, []
+
+    def _permutation(self, epoch: int) -> list[int]:
+        if epoch != self._epoch:
+            self._perm = list(range(self.n))
+            random.Random(self.seed * 100_003 + epoch).shuffle(self._perm)
+            self._epoch = epoch
+        return self._perm
+
+    def take(self, k: int) -> list[int]:
+        out = []
+        for _ in range(k):
+            epoch, i = divmod(self.position, self.n)
+            out.append(self._permutation(epoch)[i])
+            self.position += 1
+        return out
+
+
+def validate(model: Any, tok: Any, benchmarks: dict[str, pd.DataFrame], cfg: OPDParams,
+             seed: int) -> dict[str, float]:
+    """Sampled accuracy on each benchmark. Runs on a forked RNG, so that how often a run
+    validates never changes the rollouts it trains on."""
+    cuda = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=cuda):
+        return _validate(model, tok, benchmarks, cfg, seed)
+
+
+def _validate(model: Any, tok: Any, benchmarks: dict[str, pd.DataFrame], cfg: OPDParams,
+              seed: int) -> dict[str, float]:
+    val = cfg.validation
+    sampling = Sampling(max_new_tokens=cfg.max_response_tokens, temperature=val.temperature,
+                        top_p=val.top_p, n=val.n, seed=seed)
+    model.eval()
+    out = {}
+    for name, df in benchmarks.items():
+        prompts = [chat_prompt(tok, apply_template(cfg.template, p)) for p in df["problem"]]
+        res = generate(model, tok, prompts, sampling, batch_size=256, progress=False)
+        out[f"val/{name}"] = sum(is_correct(c.text, a) for r, a in zip(res, df["answer"])
+                                 for c in r) / max(1, sum(len(r) for r in res))
+    return out
+
+
+def autocast(cfg: OPDParams) -> Any:
+    """bf16 autocast of the forward passes on GPU (fp32 master weights stay as they are);
+    a no-op on CPU. The loss upcasts logits to float32."""
+    on = torch.cuda.is_available() and cfg.mixed_precision == "bf16"
+    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=on)
+
+
+def run_identity(args: argparse.Namespace, world: int = 1) -> dict[str, Any]:
+    """What a checkpoint must match to be resumed: the pair, the prompts, every setting and the
+    number of processes (each holds its own random stream)."""
+    return {"student": str(args.student), "teacher": str(args.teacher), "prompts": args.prompts,
+            "params": args.params, "world": world}
+
+
+def local_share(idx: list[int], world: int, rank: int) -> list[int]:
+    """This process's prompts of the step (every process draws the same ``idx``)."""
+    if len(idx) % world:
+        raise ValueError(f"prompts_per_step ({len(idx)}) must be a multiple of the number of "
+                         f"processes ({world})")
+    return idx[rank::world]
+
+
+def sum_gradients(model: Any) -> None:
+    """Sum every gradient over the processes. Each process scaled its loss by its tokens over
+    the step's tokens on all processes, so the sum is the gradient of the global token mean."""
+    for p in model.parameters():
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+        torch.distributed.all_reduce(p.grad, op=torch.distributed.ReduceOp.SUM)
+
+
+def micro_batches(batch: RolloutBatch, size: int) -> list[RolloutBatch]:
+    """The rollouts in micro-batches of ``size`` sequences, those without response tokens left
+    out."""
+    out = []
+    for s in range(0, batch.input_ids.shape[0], size):
+        mb = RolloutBatch(batch.input_ids[s:s + size], batch.attention_mask[s:s + size],
+                          batch.response_mask[s:s + size], batch.prompt_width, [])
+        if int(mb.response_mask.sum()):
+            out.append(mb)
+    return out
+
+
+def rollout_logprobs(student: Any, mb: RolloutBatch, cfg: OPDParams) -> torch.Tensor:
+    """The rollout policy's log-probs for PPO-style clipping (several updates per batch):
+    of the sampled tokens [B, T] for ``sampled``, of the whole vocabulary [B, T, V] otherwise."""
+    with torch.no_grad(), autocast(cfg):
+        logp = torch.log_softmax(response_logits(student, mb).float(), dim=-1)
+    if cfg.variant == "sampled":
+        return logp.gather(-1, mb.response_ids.unsqueeze(-1)).squeeze(-1)
+    return logp
+
+
+def accumulate(student: Any, teacher: Any, batch: RolloutBatch, cfg: OPDParams,
+               step_tokens: int, old: list[torch.Tensor] | None = None,
+               ) -> tuple[list[tuple[dict[str, float], int]], list[dict]]:
+    """Backward of this process's rollouts in micro-batches, each weighted by its share of the
+    step's ``step_tokens`` (over all processes); returns the per-micro-batch metrics. ``old``:
+    the rollout policy's log-probs per micro-batch (PPO-style clipping), or None on-policy."""
+    parts: list[tuple[dict[str, float], int]] = []
+    buckets: list[dict] = []
+    for i, mb in enumerate(micro_batches(batch, cfg.micro_batch_size)):
+        n_tok = int(mb.response_mask.sum())
+        with torch.no_grad(), autocast(cfg):
+            t_logits = response_logits(teacher, mb) / cfg.teacher_temperature
+        with autocast(cfg):
+            s_logits = response_logits(student, mb)
+        loss, metrics = opd_loss(
+            s_logits, t_logits, mb.response_ids, mb.response_mask,
+            variant=cfg.variant, top_k=cfg.top_k, support=cfg.support,
+            weighting=cfg.weighting, old_logprobs=None if old is None else old[i],
+            clip_range=cfg.clip_range, chunk_size=cfg.chunk_size, bucket_size=cfg.bucket_size)
+        (loss * n_tok / step_tokens).backward()
+        buckets += metrics.pop("buckets", [])
+        parts.append(({"loss": loss.item(), **metrics}, n_tok))
+    return parts, buckets
+
+
+def make_generator(cfg: OPDParams, weights: str, rank: int) -> Any:
+    """None to sample with the trained student itself, or a colocated vLLM generator."""
+    if resolve(cfg.generator) != "vllm":
+        return None
+    from opd.train.engine import VLLMRollouts
+
+    return VLLMRollouts(weights, seed=cfg.seed + rank,
+                        gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
+                        max_model_len=cfg.max_prompt_tokens + cfg.max_response_tokens)
+
+
+def fitting_prompts(prompts: pd.DataFrame, tok: Any, cfg: OPDParams) -> pd.DataFrame:
+    """The prompts whose chat-formatted tokens fit ``max_prompt_tokens``; the rest are dropped
+    (as verl's overlong-prompt filter does), and the count is printed."""
+    lengths = [len(tok(chat_prompt(tok, apply_template(cfg.template, p)),
+                       add_special_tokens=False)["input_ids"]) for p in prompts["prompt"]]
+    keep = [n <= cfg.max_prompt_tokens for n in lengths]
+    if not any(keep):
+        raise SystemExit(f"every prompt is longer than opd.max_prompt_tokens "
+                         f"({cfg.max_prompt_tokens} tokens; shortest {min(lengths)})")
+    if not all(keep):
+        print(f"{len(keep) - sum(keep)} of {len(keep)} prompts are longer than "
+              f"opd.max_prompt_tokens ({cfg.max_prompt_tokens}) and are left out")
+    return prompts[keep].reset_index(drop=True)
+
+
+def train(args: argparse.Namespace) -> dict[str, Any]:
+    cfg = OPDParams.from_config(args.params)
+    # cpu=True lets torchrun / accelerate start several CPU processes (gloo) without a GPU
+    acc = Accelerator(cpu=not torch.cuda.is_available())
+    world, rank, main = acc.num_processes, acc.process_index, acc.is_main_process
+    torch.manual_seed(cfg.seed + rank)
+    ckpt = Checkpoint(args.out / "checkpoint", run_identity(args, world))
+    if main:
+        ckpt.find()  # sets aside a checkpoint of another run
+    acc.wait_for_everyone()
+    resumed = ckpt.find(main=False)
+    tok, student, teacher = load_pair(args.student, args.teacher,
+                                      str(ckpt.path) if resumed else None, on=acc.device)
+    opt = torch.optim.AdamW(student.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    prompts = fitting_prompts(load_prompt_set(args.prompts), tok, cfg)
+    order = PromptOrder(len(prompts), cfg.seed)
+    start = 0
+    if resumed:
+        blob = load_torch_state(ckpt.path / "trainer_state.pt")
+        opt.load_state_dict(blob["optimizer"])
+        set_rng_state(blob["rng"][rank])
+        start, order.position = resumed["step"], resumed["data_position"]
+        if main:
+            print(f"resuming from step {start}")
+    log = RunLog(args.out / "metrics.jsonl", args.out / "tb", "opd", enabled=main,
+                 resume_text=ckpt.log_text() if resumed and main else None, start_step=start)
+    generator = make_generator(cfg, str(ckpt.path) if resumed else args.student, rank)
+    benchmarks = {k: load_benchmark(v) for k, v in (args.benchmarks or {}).items()} if main else {}
+    sampling = Sampling(max_new_tokens=cfg.max_response_tokens, temperature=cfg.temperature,
+                        top_p=1.0, seed=cfg.seed)
+    n_resp = cfg.responses_per_prompt
+    bar = tqdm(range(start, cfg.steps), desc="opd", initial=start, total=cfg.steps,
+               disable=not main)
+    for step in bar:
+        t0 = time.time()
+        rows = prompts.iloc[local_share(order.take(cfg.prompts_per_step), world, rank)]
+        texts = [chat_prompt(tok, apply_template(cfg.template, p))
+                 for p in rows["prompt"] for _ in range(n_resp)]
+        answers = [a for a in rows["answer"] for _ in range(n_resp)]
+        if generator is None:
+            student.eval()
+            batch = sample_batch(student, tok, texts, sampling)
+            student.train()
+        else:
+            batch = generator.sample(texts, sampling, tok, acc.device)
+        local_tokens = int(batch.response_mask.sum())
+        step_tokens = int(acc.reduce(torch.tensor(local_tokens, device=acc.device), "sum").item()) \
+            if world > 1 else local_tokens
+        lr = lr_at(step, cfg.lr, cfg.steps, cfg.lr_schedule, cfg.warmup_ratio)
+        set_lr(opt, lr)
+        # one update per batch is strictly on-policy; more updates clip against the rollout policy
+        old = ([rollout_logprobs(student, mb, cfg) for mb in micro_batches(batch, cfg.micro_batch_size)]
+               if cfg.updates_per_batch > 1 else None)
+        for update in range(cfg.updates_per_batch):
+            opt.zero_grad(set_to_none=True)
+            update_parts, update_buckets = accumulate(student, teacher, batch, cfg, step_tokens, old)
+            if update == 0:  # the mechanism metrics of the rollout policy
+                parts, buckets = update_parts, update_buckets
+            if world > 1:
+                sum_gradients(student)
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(student.parameters(), cfg.grad_clip))
+            opt.step()
+        if generator is not None:
+            generator.sync(student)
+        mine = {"parts": parts, "buckets": buckets,
+                "lengths": [c.response_tokens for c in batch.completions],
+                "truncated": [c.finish_reason == "length" for c in batch.completions],
+                "graded": [is_correct(c.text, a) for c, a in zip(batch.completions, answers) if a]}
+        every = gather_object([mine]) if world > 1 else [mine]
+        last = step + 1 == cfg.steps
+        if main:
+            agg = weighted_means([p for e in every for p in e["parts"]])
+            lengths = [n for e in every for n in e["lengths"]]
+            graded = [g for e in every for g in e["graded"]]
+            line = {"step": step, **agg, "lr": lr, "grad_norm": grad_norm,
+                    "rollouts": len(lengths), "response_length": sum(lengths) / len(lengths),
+                    "truncated": sum(t for e in every for t in e["truncated"]) / len(lengths),
+                    "accuracy": sum(graded) / len(graded) if graded else None,
+                    "buckets": merge_buckets([b for e in every for b in e["buckets"]]),
+                    "seconds": round(time.time() - t0, 3)}
+            if benchmarks and ((step + 1) % cfg.validation_every == 0 or last or step == 0):
+                line.update(validate(student, tok, benchmarks, cfg, cfg.seed + step))
+            log.write(line, step)
+            bar.set_postfix(loss=f"{agg.get('loss', 0):.4f}",
+                            overlap=f"{agg.get('overlap_ratio', 0):.3f}")
+        if (step + 1) % cfg.checkpoint_every == 0 or last:
+            rng = rng_state()
+            rng_states = gather_object([rng]) if world > 1 else [rng]
+
+            def write(tmp: Path) -> None:
+                if main:
+                    student.save_pretrained(tmp, safe_serialization=True)
+                    tok.save_pretrained(tmp)
+                    save_torch_state(tmp / "trainer_state.pt", opt, rng_states)
+
+            ckpt.save(step + 1, write, log.path, state={"data_position": order.position},
+                      main=main, barrier=acc.wait_for_everyone)
+    if not main:
+        return {}
+    log.close()
+    with atomic_dir(args.out / "final") as tmp:
+        student.save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
+    lines = log.lines()
+    summary = {"steps": cfg.steps, "first": lines[0], "last": lines[-1], "params": args.params,
+               "processes": world}
+    write_json(args.out / "summary.json", summary)
+    return summary
+
+
+def weighted_means(parts: list[tuple[dict[str, float], int]]) -> dict[str, float]:
+    """Token-weighted mean of each metric over micro-batches. A metric undefined (NaN) in a
+    micro-batch is averaged over the others only; one undefined everywhere is left out."""
+    sums: dict[str, list[float]] = {}
+    for metrics, tokens in parts:
+        for k, v in metrics.items():
+            if not math.isnan(v):
+                acc = sums.setdefault(k, [0.0, 0])
+                acc[0] += v * tokens
+                acc[1] += tokens
+    return {k: num / den for k, (num, den) in sums.items()}
+
+
+def merge_buckets(buckets: list[dict]) -> list[dict]:
+    """Token-weighted average of per-micro-batch position buckets (NaN values left out)."""
+    sums: dict[int, dict[str, list[float]]] = {}
+    heads: dict[int, dict[str, int]] = {}
+    for b in buckets:
+        head = heads.setdefault(b["bucket"], {"bucket": b["bucket"], "start": b["start"], "tokens": 0})
+        head["tokens"] += b["tokens"]
+        for k, v in b.items():
+            if k in head or b["tokens"] == 0 or math.isnan(v):
+                continue
+            acc = sums.setdefault(b["bucket"], {}).setdefault(k, [0.0, 0])
+            acc[0] += v * b["tokens"]
+            acc[1] += b["tokens"]
+    return [{**heads[i], **{k: s / c for k, (s, c) in sums.get(i, {}).items()}}
+            for i in sorted(heads)]
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--student", required=True, help="student model directory or hub id")
+    ap.add_argument("--teacher", required=True, help="teacher model directory or hub id")
+    ap.add_argument("--prompts", type=json.loads, required=True,
+                    help="prompt set spec as JSON: {path, prompt_field, answer_field}")
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--params", type=json.loads, required=True)
+    ap.add_argument("--benchmarks", type=json.loads, default=None)
+    ap.add_argument("--threads", type=int, default=None)
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    summary = train(args)
+    if summary:
+        print(json.dumps({k: summary["last"].get(k) for k in ("loss", "overlap_ratio",
+                                                               "reverse_kl")}))
+
+
+if __name__ == "__main__":
+    main()

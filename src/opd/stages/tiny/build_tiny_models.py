@@ -1,0 +1,210 @@
+"""Build one tiny Qwen3-architecture causal LM of the tiny world by a short supervised run.
+
+Each model follows a *recipe* from config: an architecture size, a thinking pattern, the
+difficulty levels it sees, the number of steps, and optionally a model to start from (so a
+"distilled student" continues its base, and the "no new knowledge" teacher continues the
+student on the student's own data). Training examples are generated on the fly from the
+world's problem generator, never using a held-out (benchmark or probe) problem. The loss
+covers assistant tokens only. The run uses the training core: warm-up + cosine to 10% of the
+peak rate, a JSONL log (copied into the model directory as ``train_log.jsonl``) and
+checkpoints in ``<out>.partial/`` from which a killed build resumes exactly.
+
+    python -m opd.stages.tiny.build_tiny_models --world W --tokenizer T --out results/models/tiny/NAME \
+        --params '{"arch": {...}, "pattern": "chain", ...}' [--init results/models/tiny/BASE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import shutil
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, Qwen3Config
+from transformers import Qwen3ForCausalLM
+
+from opd.core.config import typed
+from opd.core.io import atomic_dir
+from opd.core.prompts import EVAL_SUFFIX
+from opd.core.schemas import DAPO_PREFIX, DAPO_SUFFIX
+from opd.train.sft import collate, encode_chat, grouped_by_length
+from opd.train.trainer import (Checkpoint, RunLog, load_torch_state, lr_at, rng_state,
+                               save_torch_state, set_lr, set_rng_state)
+from opd.tiny.problems import FRAME_POOLS, SCENARIOS, render, sample_problem, solution
+
+WRAPPERS = [("", EVAL_SUFFIX), ("", ""), (DAPO_PREFIX, DAPO_SUFFIX)]
+WRAPPER_WEIGHTS = [0.6, 0.3, 0.1]
+LR_FLOOR = 0.1  # the cosine decays to 10% of the peak rate
+
+
+@dataclass
+class Recipe:
+    """A tiny model's recipe (config ``tiny_models.models.<name>`` with its arch resolved);
+    every default comes from the config schema."""
+    arch: dict[str, int]
+    init: str | None
+    pattern: str
+    difficulty: list[int]
+    ops: list[str]
+    steps: int
+    batch_size: int
+    lr: float
+    warmup_ratio: float
+    checkpoint_every: int
+    seed: int
+    role: str
+
+
+def make_config(arch: dict[str, int], tokenizer: Any) -> Qwen3Config:
+    heads = arch["num_attention_heads"]
+    return Qwen3Config(
+        vocab_size=len(tokenizer),
+        hidden_size=arch["hidden_size"],
+        intermediate_size=arch["intermediate_size"],
+        num_hidden_layers=arch["num_hidden_layers"],
+        num_attention_heads=heads,
+        num_key_value_heads=arch["num_key_value_heads"],
+        head_dim=arch["hidden_size"] // heads,
+        max_position_embeddings=arch.get("max_position_embeddings", 1024),
+        rope_theta=10000.0,
+        tie_word_embeddings=True,
+        bos_token_id=None,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+
+
+class ExampleStream:
+    """Seeded stream of (prompt, response) pairs for one recipe."""
+
+    def __init__(self, recipe: Recipe, heldout: set[tuple], seed: int):
+        self.rng = random.Random(seed)
+        self.levels = list(range(recipe.difficulty[0], recipe.difficulty[1] + 1))
+        self.pattern = recipe.pattern
+        self.ops = tuple(recipe.ops)
+        self.heldout = heldout
+
+    def __next__(self) -> tuple[str, str]:
+        while True:
+            p = sample_problem(self.rng, self.rng.choice(self.levels), self.ops)
+            if (p.start, p.ops) not in self.heldout:
+                break
+        pool = self.rng.choice(list(FRAME_POOLS))
+        text = render(p, self.rng.choice(SCENARIOS[pool]), self.rng.choice(FRAME_POOLS[pool]))
+        pre, post = self.rng.choices(WRAPPERS, WRAPPER_WEIGHTS)[0]
+        return pre + text + post, solution(p, self.pattern)
+
+
+def bucketed(stream: ExampleStream, batch_size: int, rng: random.Random,
+             pool_batches: int = 8) -> Iterator[list[tuple[str, str]]]:
+    """Batches of similar length: draw a pool, group it by length, emit its batches shuffled."""
+    while True:
+        pool = [next(stream) for _ in range(batch_size * pool_batches)]
+        chunks = grouped_by_length(pool, [len(p) + len(r) for p, r in pool], batch_size)
+        rng.shuffle(chunks)
+        yield from chunks
+
+
+def encode_batch(tokenizer: Any, pairs: list[tuple[str, str]]) -> dict[str, torch.Tensor]:
+    """Right-padded input ids, attention mask and labels masked to the assistant turn."""
+    chats = [[{"role": "user", "content": p}, {"role": "assistant", "content": r}]
+             for p, r in pairs]
+    return collate([encode_chat(tokenizer, c) for c in chats], tokenizer.pad_token_id)
+
+
+def initial_model(recipe: Recipe, tokenizer: Any, init: Path | None) -> Qwen3ForCausalLM:
+    if init is not None:
+        return AutoModelForCausalLM.from_pretrained(init, dtype=torch.float32,
+                                                    trust_remote_code=False)
+    return Qwen3ForCausalLM(make_config(recipe.arch, tokenizer))
+
+
+def train(recipe: Recipe, tokenizer: Any, heldout: set[tuple], init: Path | None,
+          work: Path) -> tuple[Qwen3ForCausalLM, dict[str, Any]]:
+    """Train in ``work`` (log and checkpoint); a checkpoint of the same recipe, initial weights
+    and tokenizer is resumed, replaying the seeded example stream to its position."""
+    torch.manual_seed(recipe.seed)
+    ckpt = Checkpoint(work / "checkpoint", {"recipe": recipe.__dict__, "init": str(init),
+                                            "vocab": len(tokenizer)})
+    resumed = ckpt.find()
+    model = initial_model(recipe, tokenizer, ckpt.path if resumed else init)
+    opt = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=0.01,
+                            betas=(0.9, 0.98))
+    batches = bucketed(ExampleStream(recipe, heldout, recipe.seed), recipe.batch_size,
+                       random.Random(recipe.seed + 1))
+    start = 0
+    if resumed:
+        blob = load_torch_state(ckpt.path / "trainer_state.pt")
+        opt.load_state_dict(blob["optimizer"])
+        set_rng_state(blob["rng"][0])
+        start = resumed["step"]
+        for _ in range(start):  # the stream is seeded: replay it to the checkpoint's position
+            next(batches)
+        print(f"resuming from step {start}")
+    log = RunLog(work / "train_log.jsonl", None, "build", start_step=start,
+                 resume_text=ckpt.log_text() if resumed else None)
+    model.train()
+    t0, losses = time.time(), [ln["loss"] for ln in log.lines()]
+    bar = tqdm(range(start, recipe.steps), desc="train", mininterval=5, initial=start,
+               total=recipe.steps)
+    for step in bar:
+        lr = lr_at(step, recipe.lr, recipe.steps, "cosine", recipe.warmup_ratio, LR_FLOOR)
+        set_lr(opt, lr)
+        batch = encode_batch(tokenizer, next(batches))
+        loss = model(**batch).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+        log.write({"step": step, "loss": losses[-1], "lr": lr}, step)
+        if step % 50 == 0:
+            bar.set_postfix(loss=f"{sum(losses[-50:]) / len(losses[-50:]):.3f}")
+        if (step + 1) % recipe.checkpoint_every == 0 and step + 1 < recipe.steps:
+            def write(tmp: Path) -> None:
+                model.save_pretrained(tmp, safe_serialization=True)
+                save_torch_state(tmp / "trainer_state.pt", opt, [rng_state()])
+            ckpt.save(step + 1, write, log.path)
+    stats = {"final_loss": sum(losses[-50:]) / len(losses[-50:]),
+             "train_seconds": round(time.time() - t0, 1),
+             "parameters": sum(p.numel() for p in model.parameters())}
+    return model, stats
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--world", type=Path, required=True)
+    ap.add_argument("--tokenizer", type=Path, required=True)
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--params", type=json.loads, required=True, help="model recipe as JSON")
+    ap.add_argument("--init", type=Path, default=None, help="model directory to continue from")
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
+    heldout = {(s, tuple(tuple(op) for op in ops))
+               for s, ops in json.loads((args.world / "heldout.json").read_text())}
+    recipe = typed(Recipe, args.params, "tiny_models.models")
+    work = args.out.with_name(args.out.name + ".partial")
+    model, stats = train(recipe, tokenizer, heldout, args.init, work)
+    model.generation_config = GenerationConfig(
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        do_sample=True, temperature=1.0, top_p=1.0, top_k=0)
+    with atomic_dir(args.out) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "recipe.json").write_text(json.dumps({**args.params, **stats}, indent=2) + "\n")
+        shutil.copy(work / "train_log.jsonl", tmp / "train_log.jsonl")
+    shutil.rmtree(work)
+    print(json.dumps(stats))
+
+
+if __name__ == "__main__":
+    main()

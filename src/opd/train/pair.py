@@ -1,0 +1,58 @@
+"""A teacher/student pair: loading both models and checking that they share a tokenizer."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from opd.train.generation import RolloutBatch, position_ids
+
+
+class TokenizerMismatch(ValueError):
+    """Teacher and student do not share a tokenizer (OPD compares them token by token)."""
+
+
+def device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def load_model(path: str, on: str) -> Any:
+    """A causal LM in float32 (the master weights), never running remote code."""
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32,
+                                                 trust_remote_code=False)
+    return model.to(on)
+
+
+def check_same_tokenizer(student_tok: Any, teacher_tok: Any, student: str, teacher: str) -> None:
+    vs, vt = student_tok.get_vocab(), teacher_tok.get_vocab()
+    if vs != vt:
+        differ = len(set(vs.items()) - set(vt.items()))
+        raise TokenizerMismatch(
+            f"teacher {teacher} and student {student} do not share a tokenizer "
+            f"({len(vs)} vs {len(vt)} tokens, {differ} student entries differ); OPD scores the "
+            "student's own tokens with the teacher, so both must use the same vocabulary")
+
+
+def load_pair(student: str, teacher: str, student_weights: str | None = None,
+              on: str | torch.device | None = None) -> tuple[Any, Any, Any]:
+    """(tokenizer, student, frozen teacher) on ``on`` (default: the default device), after the
+    tokenizer check.
+
+    ``student_weights`` loads the student from elsewhere (a checkpoint to resume from).
+    """
+    tok = AutoTokenizer.from_pretrained(student)
+    check_same_tokenizer(tok, AutoTokenizer.from_pretrained(teacher), student, teacher)
+    on = on or device()
+    student_model = load_model(student_weights or student, on)
+    teacher_model = load_model(teacher, on).eval().requires_grad_(False)
+    return tok, student_model, teacher_model
+
+
+def response_logits(model: Any, batch: RolloutBatch) -> torch.Tensor:
+    """Logits [N, L, V] that predicted each response token."""
+    L = batch.response_mask.shape[1]
+    out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                position_ids=position_ids(batch.attention_mask), logits_to_keep=L + 1)
+    return out.logits[:, :-1]

@@ -1,0 +1,63 @@
+"""Supervised fine-tuning pieces shared by the tiny-model builder and the cold start.
+
+``encode_chat`` turns a chat (user turns, then the assistant reply) into token ids through the
+tokenizer's own chat template and labels that cover only the assistant reply and its end of
+turn; everything else is -100. ``length_grouped_batches`` makes batches of similar length in a
+seeded order, so padding stays small without sorting the whole epoch. Learning-rate
+schedules live in the training core (``opd.train.trainer``).
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import torch
+
+IGNORE = -100
+
+
+def encode_chat(tokenizer: Any, messages: list[dict[str, str]],
+                max_length: int | None = None) -> tuple[list[int], list[int]]:
+    """(input ids, labels) for a conversation whose last turn is the assistant's reply."""
+    if not messages or messages[-1]["role"] != "assistant":
+        raise ValueError("an SFT example must end with an assistant turn")
+    head = tokenizer.apply_chat_template(messages[:-1], tokenize=False,
+                                         add_generation_prompt=True, enable_thinking=False)
+    head_ids = tokenizer(head, add_special_tokens=False)["input_ids"]
+    tail_ids = tokenizer(messages[-1]["content"] + tokenizer.eos_token,
+                         add_special_tokens=False)["input_ids"]
+    ids, labels = head_ids + tail_ids, [IGNORE] * len(head_ids) + tail_ids
+    if max_length is not None:
+        ids, labels = ids[:max_length], labels[:max_length]
+    return ids, labels
+
+
+def collate(examples: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-padded ``input_ids``, ``attention_mask`` and ``labels``."""
+    width = max(len(ids) for ids, _ in examples)
+    ids_BT = torch.tensor([ids + [pad_id] * (width - len(ids)) for ids, _ in examples])
+    mask_BT = torch.tensor([[1] * len(ids) + [0] * (width - len(ids)) for ids, _ in examples])
+    labels_BT = torch.tensor([lab + [IGNORE] * (width - len(lab)) for _, lab in examples])
+    return {"input_ids": ids_BT, "attention_mask": mask_BT, "labels": labels_BT}
+
+
+def grouped_by_length(items: list[Any], lengths: list[int], batch_size: int) -> list[list[Any]]:
+    """``items`` sorted by length (stable) and cut into batches of ``batch_size``."""
+    ordered = [items[i] for i in sorted(range(len(items)), key=lambda i: lengths[i])]
+    return [ordered[i:i + batch_size] for i in range(0, len(ordered), batch_size)]
+
+
+def length_grouped_batches(lengths: list[int], batch_size: int, seed: int,
+                           pool_batches: int = 16) -> list[list[int]]:
+    """Indices in batches of similar length: shuffle, group within pools, shuffle the batches."""
+    order = list(range(len(lengths)))
+    rng = random.Random(seed)
+    rng.shuffle(order)
+    pool = batch_size * pool_batches
+    batches = []
+    for start in range(0, len(order), pool):
+        chunk = order[start:start + pool]
+        batches += grouped_by_length(chunk, [lengths[i] for i in chunk], batch_size)
+    rng.shuffle(batches)
+    return batches

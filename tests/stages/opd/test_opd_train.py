@@ -1,0 +1,385 @@
+"""OPD trainer: tokenizer check, a short run's log, and exact resume after kill -9."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from safetensors.torch import load_file
+
+from opd.stages.tiny.build_tiny_models import main as build_model
+from opd.stages.tiny.build_tiny_tokenizer import main as build_tokenizer
+from opd.train.generation import RolloutBatch
+from opd.train.pair import TokenizerMismatch, check_same_tokenizer
+from conftest import kill_when, schema_section, tiny_recipe
+
+ARCH = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
+        "num_attention_heads": 2, "num_key_value_heads": 1}
+PARAMS = {**schema_section(
+    "opd", lr=1e-3, prompts_per_step=2, responses_per_prompt=2, micro_batch_size=3,
+    variant="topk", top_k=8, weight_decay=0.0, max_response_tokens=12, chunk_size=4,
+    bucket_size=4, checkpoint_every=2, validation_every=2,
+    validation={"n": 1, "temperature": 0.7, "top_p": 0.95}),
+    "seed": 0, "steps": 4,
+    "template": "{problem} Please reason step by step, and put your final answer within \\boxed{}."}
+
+
+def _model(world, tok, out, seed):
+    recipe = {"arch": ARCH, "pattern": "chain", "difficulty": [1, 2], "steps": 2,
+              "batch_size": 4, "lr": 1e-3, "warmup_ratio": 0.0, "seed": seed}
+    build_model(["--world", str(world), "--tokenizer", str(tok), "--out", str(out),
+                 "--params", json.dumps(tiny_recipe(recipe))])
+    return out
+
+
+@pytest.fixture(scope="module")
+def pair(small_world, small_tokenizer, tmp_path_factory):
+    root = tmp_path_factory.mktemp("pair")
+    student = _model(small_world, small_tokenizer, root / "student", 1)
+    teacher = _model(small_world, small_tokenizer, root / "teacher", 2)
+    prompts = root / "prompts.parquet"
+    rows = [{"prompt": f"Start with {i}. The changes are +1, +2. What is the result?",
+             "answer": str(i + 3)} for i in range(5)]
+    pq.write_table(pa.Table.from_pylist(rows), prompts)
+    bench = {"probe": {"path": str(small_world / "probe.parquet"), "problem_field": "problem",
+                       "answer_field": "answer"}}
+    return student, teacher, prompts, bench
+
+
+def _cmd(pair, out, params):
+    student, teacher, prompts, bench = pair
+    return [sys.executable, "-m", "opd.stages.opd.opd_train", "--student", str(student), "--teacher",
+            str(teacher), "--prompts", json.dumps({"path": str(prompts)}), "--out", str(out), "--params",
+            json.dumps(params), "--benchmarks", json.dumps(bench), "--threads", "1"]
+
+
+def _lines(path):
+    return [{k: v for k, v in json.loads(ln).items() if k != "seconds"}
+            for ln in path.read_text().splitlines()]
+
+
+def test_different_tokenizers_are_refused(small_world, tmp_path):
+    from transformers import AutoTokenizer
+
+    build_tokenizer(["--world", str(small_world), "--out", str(tmp_path / "a"), "--params",
+                     '{"vocab_size": 600}'])
+    build_tokenizer(["--world", str(small_world), "--out", str(tmp_path / "b"), "--params",
+                     '{"vocab_size": 640}'])
+    a, b = (AutoTokenizer.from_pretrained(tmp_path / n) for n in "ab")
+    check_same_tokenizer(a, a, "s", "t")
+    with pytest.raises(TokenizerMismatch, match="do not share a tokenizer"):
+        check_same_tokenizer(a, b, "s", "t")
+
+
+def test_short_run_logs_every_step(pair, tmp_path):
+    proc = subprocess.run(_cmd(pair, tmp_path / "run", PARAMS), capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = _lines(tmp_path / "run/metrics.jsonl")
+    assert [ln["step"] for ln in lines] == [0, 1, 2, 3]
+    for ln in lines:
+        for key in ("loss", "overlap_ratio", "overlap_advantage", "entropy_gap",
+                    "shared_mass_student", "shared_mass_teacher", "reverse_kl", "grad_norm",
+                    "lr", "response_length", "accuracy", "buckets"):
+            assert key in ln
+        assert 0.0 <= ln["overlap_ratio"] <= 1.0 and 0.0 <= ln["accuracy"] <= 1.0
+        assert ln["buckets"] and ln["buckets"][0]["start"] == 0
+    assert "val/probe" in lines[1] and "val/probe" in lines[3]
+    assert (tmp_path / "run/final/model.safetensors").exists()
+    summary = json.loads((tmp_path / "run/summary.json").read_text())
+    assert summary["last"]["step"] == 3
+
+
+def test_validation_does_not_change_the_training_run(pair, tmp_path):
+    def run(out, every):
+        params = {**PARAMS, "steps": 3, "validation_every": every}
+        proc = subprocess.run(_cmd(pair, out, params), capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return [{k: v for k, v in ln.items() if not k.startswith("val/")}
+                for ln in _lines(out / "metrics.jsonl")]
+
+    often, rarely = run(tmp_path / "often", 1), run(tmp_path / "rarely", 1000)
+    assert often == rarely
+
+
+def test_kill_and_resume_matches_uninterrupted(pair, tmp_path):
+    params = {**PARAMS, "steps": 30, "checkpoint_every": 2, "validation_every": 1000}
+    ref = subprocess.run(_cmd(pair, tmp_path / "ref", params), capture_output=True, text=True,
+                         timeout=900)
+    assert ref.returncode == 0, ref.stderr[-3000:]
+
+    out = tmp_path / "crash"
+    proc = subprocess.Popen(_cmd(pair, out, params), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    state = out / "checkpoint/state.json"
+    kill_when(proc, state.exists)
+    killed_at = json.loads(state.read_text())["step"]
+    assert 0 < killed_at < params["steps"]
+
+    again = subprocess.run(_cmd(pair, out, params), capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "resuming from step" in again.stdout + again.stderr
+    assert _lines(out / "metrics.jsonl") == _lines(tmp_path / "ref/metrics.jsonl")
+    a = load_file(out / "final/model.safetensors")
+    b = load_file(tmp_path / "ref/final/model.safetensors")
+    assert all((a[k] == b[k]).all() for k in b)
+
+
+def test_process_gradients_sum_to_the_full_batch_gradient(pair):
+    """Data parallel: each process backpropagates its rollouts scaled by its share of the
+    step's tokens; the sum over processes must be the gradient of the plain token mean."""
+    import torch
+
+    from opd.train.generation import Sampling, sample_batch
+    from opd.train.losses import opd_loss
+    from opd.stages.opd.opd_train import OPDParams, accumulate
+    from opd.train.pair import load_pair, response_logits
+    from opd.core.prompts import chat_prompt
+
+    student_dir, teacher_dir, _, _ = pair
+    tok, student, teacher = load_pair(str(student_dir), str(teacher_dir))
+    torch.manual_seed(0)
+    texts = [chat_prompt(tok, f"Start with {i}. The changes are +1, +2.") for i in range(6)]
+    batch = sample_batch(student, tok, texts, Sampling(max_new_tokens=10, temperature=1.0))
+    cfg = OPDParams.from_config({**PARAMS, "variant": "full", "micro_batch_size": 2})
+    total = int(batch.response_mask.sum())
+
+    def grads():
+        out = [p.grad.clone() for p in student.parameters()]
+        student.zero_grad(set_to_none=True)
+        return out
+
+    # reference: one plain token-mean loss over every rollout
+    loss, _ = opd_loss(response_logits(student, batch), response_logits(teacher, batch).detach(),
+                       batch.response_ids, batch.response_mask, variant="full")
+    loss.backward()
+    ref = grads()
+    summed = None
+    for half in (slice(0, 3), slice(3, 6)):
+        part = RolloutBatch(batch.input_ids[half], batch.attention_mask[half],
+                            batch.response_mask[half], batch.prompt_width, [])
+        accumulate(student, teacher, part, cfg, total)
+        g = grads()
+        summed = g if summed is None else [a + b for a, b in zip(summed, g)]
+    for a, b in zip(summed, ref):
+        assert torch.allclose(a, b, atol=1e-6, rtol=1e-4)
+
+
+def test_two_processes_train_data_parallel(pair, tmp_path):
+    torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
+    params = {**PARAMS, "steps": 3, "checkpoint_every": 2}
+    cmd = _cmd(pair, tmp_path / "dp", params)
+    proc = subprocess.run([torchrun, "--nproc_per_node", "2", *cmd[1:]], capture_output=True,
+                          text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = _lines(tmp_path / "dp/metrics.jsonl")
+    assert [ln["step"] for ln in lines] == [0, 1, 2]
+    # every line pools both processes' rollouts: 2 prompts x 2 responses
+    assert all(ln["rollouts"] == 4 for ln in lines)
+    assert "val/probe" in lines[0]
+    summary = json.loads((tmp_path / "dp/summary.json").read_text())
+    assert summary["processes"] == 2
+    assert (tmp_path / "dp/final/model.safetensors").exists()
+    state = json.loads((tmp_path / "dp/checkpoint/state.json").read_text())
+    assert state["identity"]["world"] == 2 and state["step"] == 3
+
+
+def test_prompts_per_step_must_split_over_processes():
+    from opd.stages.opd.opd_train import local_share
+
+    assert local_share([5, 6, 7, 8], 2, 0) == [5, 7] and local_share([5, 6, 7, 8], 2, 1) == [6, 8]
+    with pytest.raises(ValueError, match="multiple of the number of processes"):
+        local_share([1, 2, 3], 2, 0)
+
+
+@pytest.mark.parametrize("thresholds, verdict", [
+    ({"min_overlap": 1.01, "min_new_capability": 0.0}, "thinking-pattern mismatch"),
+    ({"min_overlap": 0.0, "min_new_capability": 0.0}, "compatible"),
+])
+def test_diagnose_pair_verdicts(pair, tmp_path, thresholds, verdict):
+    from opd.stages.opd.diagnose_pair import main as diagnose
+
+    student, teacher, prompts, _ = pair
+    params = {"seed": 0, "n_prompts": 4, "responses_per_prompt": 2, "max_response_tokens": 8,
+              "temperature": 1.0, "teacher_temperature": 1.0, "top_k": 8, "chunk_size": None,
+              "template": PARAMS["template"], **thresholds}
+    out = tmp_path / "d.json"
+    diagnose(["--student", str(student), "--teacher", str(teacher), "--prompts",
+              json.dumps({"path": str(prompts)}), "--out", str(out), "--params", json.dumps(params)])
+    report = json.loads(out.read_text())
+    assert report["verdict"] == verdict and report["verdict_line"].startswith(verdict)
+    assert 0.0 <= report["overlap_ratio"] <= 1.0 and report["prompts"] == 4
+    for key in ("shared_mass_student", "entropy_gap", "reverse_kl", "student_solved",
+                "teacher_solved"):
+        assert key in report
+
+
+def test_checkpoint_of_other_settings_is_not_resumed(pair, tmp_path):
+    out = tmp_path / "run"
+    first = subprocess.run(_cmd(pair, out, PARAMS), capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stderr[-3000:]
+    changed = {**PARAMS, "lr": PARAMS["lr"] / 2}
+    second = subprocess.run(_cmd(pair, out, changed), capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "starting afresh" in second.stdout and "resuming" not in second.stdout
+    assert [ln["step"] for ln in _lines(out / "metrics.jsonl")] == [0, 1, 2, 3]
+    state = json.loads((out / "checkpoint/state.json").read_text())
+    assert state["identity"]["params"]["lr"] == changed["lr"]
+
+
+def test_micro_batch_metrics_reweight_around_undefined_values():
+    from opd.stages.opd.opd_train import weighted_means
+
+    nan = float("nan")
+    parts = [({"loss": 1.0, "overlap_advantage": nan}, 10),
+             ({"loss": 4.0, "overlap_advantage": -2.0}, 30),
+             ({"loss": 2.0, "overlap_advantage": -1.0}, 10)]
+    out = weighted_means(parts)
+    assert out["loss"] == pytest.approx((10 * 1 + 30 * 4 + 10 * 2) / 50)
+    assert out["overlap_advantage"] == pytest.approx((30 * -2 + 10 * -1) / 40)
+    assert weighted_means([({"x": nan}, 5)]) == {}
+
+
+def test_rollout_batch_from_ids_matches_sampled_layout(pair):
+    """Rollouts sampled elsewhere (vLLM returns token ids) are laid out as sample_batch does."""
+    import torch
+
+    from opd.train.generation import Sampling, rollout_batch, sample_batch
+    from opd.train.pair import load_pair
+    from opd.core.prompts import chat_prompt
+
+    student_dir, teacher_dir, _, _ = pair
+    tok, student, _ = load_pair(str(student_dir), str(teacher_dir))
+    torch.manual_seed(3)
+    texts = [chat_prompt(tok, f"Start with {i}. The changes are " + ", ".join(["+1"] * i) + ".")
+             for i in range(1, 7)]
+    ref = sample_batch(student, tok, texts, Sampling(max_new_tokens=8, temperature=1.0))
+    prompts, responses, finishes = [], [], []
+    for ids, attn, mask, c in zip(ref.input_ids.tolist(), ref.attention_mask.tolist(),
+                                  ref.response_mask.tolist(), ref.completions):
+        w = ref.prompt_width
+        prompts.append([t for t, a in zip(ids[:w], attn[:w]) if a])
+        resp = [t for t, m in zip(ids[w:], mask) if m]
+        # an engine may leave the end-of-sequence token out of a stopped response
+        responses.append(resp[:-1] if c.finish_reason == "stop" else resp)
+        finishes.append(c.finish_reason)
+    assert "stop" in finishes
+    got = rollout_batch(prompts, responses, finishes, tok)
+    assert got.prompt_width == ref.prompt_width
+    assert torch.equal(got.input_ids, ref.input_ids)
+    assert torch.equal(got.attention_mask, ref.attention_mask)
+    assert torch.equal(got.response_mask, ref.response_mask)
+    assert got.completions == ref.completions
+
+
+def test_external_generator_is_synced_after_every_step(pair, tmp_path, monkeypatch):
+    """A separate generator (vLLM on a GPU) must sample from the weights being trained: a
+    stand-in that samples from its own copy of the student, refreshed by sync(), gives exactly
+    the run of the student sampling itself; without the sync it would drift from step 1."""
+    import argparse
+    import copy
+
+    from opd.stages.opd import opd_train
+    from opd.train.generation import sample_batch
+
+    class CopyGenerator:
+        def __init__(self, weights):
+            from transformers import AutoModelForCausalLM
+            self.model = AutoModelForCausalLM.from_pretrained(weights).eval()
+            self.syncs = 0
+
+        def sample(self, prompts, sampling, tokenizer, device):
+            return sample_batch(self.model, tokenizer, prompts, sampling)
+
+        def sync(self, model):
+            self.model.load_state_dict(copy.deepcopy(model.state_dict()))
+            self.syncs += 1
+
+    student, teacher, prompts, _ = pair
+    params = {**PARAMS, "steps": 3, "variant": "full"}
+
+    def run(out):
+        ns = argparse.Namespace(student=str(student), teacher=str(teacher),
+                                prompts={"path": str(prompts)}, out=out, params=params,
+                                benchmarks=None)
+        return opd_train.train(ns)
+
+    run(tmp_path / "self")
+    made = []
+    monkeypatch.setattr(opd_train, "make_generator",
+                        lambda cfg, weights, rank: made.append(CopyGenerator(weights)) or made[-1])
+    run(tmp_path / "gen")
+    assert made and made[0].syncs == params["steps"]
+    assert _lines(tmp_path / "gen/metrics.jsonl") == _lines(tmp_path / "self/metrics.jsonl")
+
+
+def test_several_updates_per_batch_clip_against_the_rollout_policy(pair, tmp_path):
+    """updates_per_batch > 1: every batch gives that many optimizer steps, the first at the
+    rollout policy (ratio 1: the on-policy loss and metrics), the later ones clipped against
+    the rollout policy's log-probs; the lr follows lr_schedule."""
+    import argparse
+
+    import torch
+
+    from opd.stages.opd import opd_train
+
+    student, teacher, prompts, _ = pair
+
+    def run(out, **over):
+        params = {**PARAMS, "steps": 3, "checkpoint_every": 1, "variant": "full", **over}
+        ns = argparse.Namespace(student=str(student), teacher=str(teacher),
+                                prompts={"path": str(prompts)}, out=out, params=params,
+                                benchmarks=None)
+        opd_train.train(ns)
+        return _lines(out / "metrics.jsonl")
+
+    once = run(tmp_path / "once")
+    twice = run(tmp_path / "twice", updates_per_batch=2, lr_schedule="cosine",
+                warmup_ratio=0.34)
+    assert twice[0]["loss"] == pytest.approx(once[0]["loss"], abs=1e-7)
+    assert twice[0]["overlap_ratio"] == pytest.approx(once[0]["overlap_ratio"], abs=1e-7)
+    # warm-up round(0.34 * 3) = 1 step, then cosine: peak, peak, peak * (1 + cos(pi / 2)) / 2
+    assert [ln["lr"] for ln in twice] == pytest.approx([1e-3, 1e-3, 5e-4])
+    assert [ln["lr"] for ln in once] == [1e-3] * 3
+    state = torch.load(tmp_path / "twice/checkpoint/trainer_state.pt", weights_only=True)
+    assert {int(s["step"]) for s in state["optimizer"]["state"].values()} == {6}
+
+
+def test_rollout_logprobs_give_the_on_policy_loss(pair):
+    """Clipping against log-probs of the current weights changes nothing: ratio 1."""
+    import torch
+
+    from opd.stages.opd.opd_train import OPDParams, accumulate, micro_batches, rollout_logprobs
+    from opd.train.generation import Sampling, sample_batch
+    from opd.train.pair import load_pair, response_logits
+    from opd.core.prompts import chat_prompt
+
+    student_dir, teacher_dir, _, _ = pair
+    tok, student, teacher = load_pair(str(student_dir), str(teacher_dir))
+    torch.manual_seed(1)
+    texts = [chat_prompt(tok, f"Start with {i}. The changes are +1, +2.") for i in range(4)]
+    batch = sample_batch(student, tok, texts, Sampling(max_new_tokens=8, temperature=1.0))
+    total = int(batch.response_mask.sum())
+    for variant in ("sampled", "full"):
+        cfg = OPDParams.from_config({**PARAMS, "variant": variant, "micro_batch_size": 2})
+        old = [rollout_logprobs(student, mb, cfg) for mb in micro_batches(batch, 2)]
+        ref = torch.log_softmax(response_logits(student, micro_batches(batch, 2)[0]), -1)
+        if variant == "sampled":
+            ref = ref.gather(-1, micro_batches(batch, 2)[0].response_ids.unsqueeze(-1)).squeeze(-1)
+        assert torch.allclose(old[0], ref, atol=1e-6)
+        plain, _ = accumulate(student, teacher, batch, cfg, total)
+        g_plain = [p.grad.clone() for p in student.parameters()]
+        student.zero_grad(set_to_none=True)
+        clipped, _ = accumulate(student, teacher, batch, cfg, total, old)
+        g_clip = [p.grad.clone() for p in student.parameters()]
+        student.zero_grad(set_to_none=True)
+        assert [m["loss"] for m, _ in clipped] == pytest.approx([m["loss"] for m, _ in plain],
+                                                                abs=1e-6)
+        assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(g_plain, g_clip))

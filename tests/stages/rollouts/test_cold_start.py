@@ -1,0 +1,174 @@
+"""Teacher rollouts and cold-start SFT: sharding, resume after kill -9, engine choice."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from safetensors.torch import load_file
+
+from conftest import kill_when, tiny_recipe
+from opd.stages.tiny.build_tiny_models import main as build_model
+from opd.train.engine import EngineUnavailable, resolve
+from opd.stages.rollouts.teacher_rollouts import shard_indices
+
+ARCH = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
+        "num_attention_heads": 2, "num_key_value_heads": 1}
+TEMPLATE = "{problem} Please reason step by step, and put your final answer within \\boxed{}."
+ROLLOUT = {"template": TEMPLATE, "temperature": 1.0, "top_p": 1.0, "max_new_tokens": 16,
+           "responses_per_prompt": 2, "chunk_prompts": 2, "retries": 1, "seed": 3,
+           "engine": "transformers", "batch_size": 64, "tensor_parallel_size": 1,
+           "filters": {}}
+SFT = {"lr": 1e-3, "epochs": 2, "batch_size": 4, "grad_accum": 2, "warmup_ratio": 0.1,
+       "max_length": 64, "checkpoint_every": 2, "seed": 0, "weight_decay": 0.0,
+       "grad_clip": 1.0, "mixed_precision": "bf16"}
+
+
+@pytest.fixture(scope="module")
+def setup(small_world, small_tokenizer, tmp_path_factory):
+    root = tmp_path_factory.mktemp("cold")
+    recipe = {"arch": ARCH, "pattern": "tally", "difficulty": [1, 2], "steps": 2,
+              "batch_size": 4, "lr": 1e-3, "warmup_ratio": 0.0, "seed": 1}
+    build_model(["--world", str(small_world), "--tokenizer", str(small_tokenizer),
+                 "--out", str(root / "model"), "--params", json.dumps(tiny_recipe(recipe))])
+    rows = [{"prompt": f"Start with {i % 20}. The changes are +1, +2. What is the result?",
+             "answer": str(i % 20 + 3)} for i in range(160)]
+    pq.write_table(pa.Table.from_pylist(rows), root / "prompts.parquet")
+    return root
+
+
+def _rollout_cmd(root, out, shard=0, shards=1):
+    return [sys.executable, "-m", "opd.stages.rollouts.teacher_rollouts", "--model", str(root / "model"),
+            "--prompts", json.dumps({"path": str(root / "prompts.parquet")}),
+            "--shard", str(shard), "--num-shards", str(shards), "--out", str(out),
+            "--params", json.dumps(ROLLOUT)]
+
+
+def test_shards_partition_the_prompt_set():
+    parts = [shard_indices(11, s, 3) for s in range(3)]
+    assert sorted(i for p in parts for i in p) == list(range(11))
+    with pytest.raises(ValueError):
+        shard_indices(11, 3, 3)
+
+
+def test_vllm_request_without_vllm_is_a_clear_error():
+    pytest.importorskip("torch")
+    try:
+        import vllm  # noqa: F401
+        pytest.skip("vLLM is installed here")
+    except ImportError:
+        pass
+    with pytest.raises(EngineUnavailable, match="vLLM is not installed"):
+        resolve("vllm")
+    assert resolve("auto") == "transformers"
+    with pytest.raises(EngineUnavailable, match="unknown generation engine"):
+        resolve("tgi")
+
+
+def test_rollout_shard_resumes_after_kill(setup, tmp_path):
+    ref = subprocess.run(_rollout_cmd(setup, tmp_path / "ref.parquet"), capture_output=True,
+                         text=True, timeout=600)
+    assert ref.returncode == 0, ref.stderr[-3000:]
+    expected = pd.read_parquet(tmp_path / "ref.parquet")
+    assert set(expected["prompt_id"]) == set(range(160))
+    assert {"prompt", "response", "finish_reason", "prompt_tokens", "response_tokens",
+            "seed", "attempt", "reject_reason"} <= set(expected.columns)
+
+    out = tmp_path / "crash.parquet"
+    partial = tmp_path / "crash.parquet.partial.jsonl"
+    proc = subprocess.Popen(_rollout_cmd(setup, out), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    kill_when(proc, lambda: partial.exists() and partial.read_text().count("\n") >= 3)
+    written = partial.read_text().count("\n")
+    assert not out.exists() and 3 <= written < 80
+
+    again = subprocess.run(_rollout_cmd(setup, out), capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"resuming shard 0: {written} of 80 chunks" in again.stdout
+    pd.testing.assert_frame_equal(pd.read_parquet(out), expected)
+    assert not partial.exists()
+
+
+def test_empty_filter_fails_and_sft_resumes_after_kill(setup, tmp_path):
+    shards = []
+    for s in range(2):
+        shards.append(tmp_path / f"shard-{s}.parquet")
+        proc = subprocess.run(_rollout_cmd(setup, shards[-1], s, 2), capture_output=True,
+                              text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    data, stats = tmp_path / "sft.parquet", tmp_path / "stats.json"
+    proc = subprocess.run([sys.executable, "-m", "opd.stages.rollouts.filter_rollouts", "--shards", *map(str, shards),
+                           "--out", str(data), "--stats", str(stats), "--params",
+                           json.dumps({"template": TEMPLATE, "keep_per_prompt": 2,
+                                       "filters": {}})],
+                          capture_output=True, text=True, timeout=600)
+    # a 1-layer model trained for two steps never closes a box: everything is filtered out,
+    # and the stage fails instead of writing an empty SFT set
+    assert proc.returncode != 0 and "no response passed the filters" in proc.stderr
+    assert not data.exists() and not stats.exists()
+    rows = [{"prompt_id": i, "messages": [
+        {"role": "user", "content": f"Start with {i}. Add 2. What is the result?"},
+        {"role": "assistant", "content": f"start: {i}\nadd 2 -> {i + 2}\nFinal: \\boxed{{{i + 2}}}"}]}
+        for i in range(40)]
+    pq.write_table(pa.Table.from_pylist(rows), data)
+
+    def cmd(out):
+        return [sys.executable, "-m", "opd.stages.rollouts.cold_start_sft", "--model", str(setup / "model"),
+                "--data", str(data), "--out", str(out), "--params", json.dumps(SFT),
+                "--threads", "1"]
+
+    ref = subprocess.run(cmd(tmp_path / "ref"), capture_output=True, text=True, timeout=600)
+    assert ref.returncode == 0, ref.stderr[-3000:]
+    out = tmp_path / "crash"
+    proc = subprocess.Popen(cmd(out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    state = out / "checkpoint/state.json"
+    kill_when(proc, state.exists)
+    killed_at = json.loads(state.read_text())["step"]
+    again = subprocess.run(cmd(out), capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"resuming from step {killed_at}" in again.stdout + again.stderr
+
+    def lines(p):
+        return [{k: v for k, v in json.loads(ln).items() if k != "seconds"}
+                for ln in (p / "train_log.jsonl").read_text().splitlines()]
+    assert lines(out) == lines(tmp_path / "ref")
+    assert lines(out)[0]["lr"] > 0 and len(lines(out)) == json.loads(
+        (out / "summary.json").read_text())["steps"]
+    a, b = load_file(out / "final/model.safetensors"), load_file(tmp_path / "ref/final/model.safetensors")
+    assert all((a[k] == b[k]).all() for k in b)
+    from transformers import AutoTokenizer
+    tok = AutoTokenizer.from_pretrained(out / "final")
+    assert tok.chat_template and "assistant" in tok.chat_template
+
+
+def test_sft_runs_data_parallel_over_two_processes(setup, tmp_path):
+    """The multi-process path (as under `accelerate launch` on GPUs), here two CPU processes
+    over gloo: each takes half of every epoch's batches, so there are half as many updates."""
+    data = tmp_path / "sft.parquet"
+    rows = [{"prompt_id": i, "messages": [
+        {"role": "user", "content": f"Start with {i}. Add 2. What is the result?"},
+        {"role": "assistant", "content": f"start: {i}\nadd 2 -> {i + 2}\nFinal: \\boxed{{{i + 2}}}"}]}
+        for i in range(32)]
+    pq.write_table(pa.Table.from_pylist(rows), data)
+    params = {**SFT, "epochs": 1, "grad_accum": 1, "checkpoint_every": 100}
+    torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
+    proc = subprocess.run([torchrun, "--nproc_per_node", "2", "-m", "opd.stages.rollouts.cold_start_sft",
+                           "--model", str(setup / "model"), "--data", str(data),
+                           "--out", str(tmp_path / "out"), "--params", json.dumps(params),
+                           "--threads", "1"], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((tmp_path / "out/summary.json").read_text())
+    assert summary["steps"] == 32 // SFT["batch_size"] // 2
+    lines = (tmp_path / "out/train_log.jsonl").read_text().splitlines()
+    assert len(lines) == summary["steps"]
+    assert all(json.loads(ln)["tokens"] > 0 for ln in lines)
+    assert (tmp_path / "out/final/model.safetensors").exists()

@@ -1,0 +1,65 @@
+"""SFT helpers: chat-template round trip, assistant-only labels, batching, schedule."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from transformers import AutoTokenizer
+
+from opd.train.sft import IGNORE, collate, encode_chat, length_grouped_batches
+
+CHAT = [{"role": "user", "content": "Start with 4. Add 3. What is the result?"},
+        {"role": "assistant", "content": "4 + 3 = 7\nThe answer is \\boxed{7}."}]
+
+
+@pytest.fixture(scope="module")
+def tok(small_tokenizer):
+    return AutoTokenizer.from_pretrained(small_tokenizer)
+
+
+def test_encoding_round_trips_through_the_chat_template(tok):
+    ids, _ = encode_chat(tok, CHAT)
+    full = tok.apply_chat_template(CHAT, tokenize=False, enable_thinking=False)
+    # the template closes the assistant turn with the end-of-turn token (plus a newline)
+    assert tok.decode(ids) == full.rstrip("\n")
+
+
+def test_labels_cover_the_assistant_reply_only(tok):
+    ids, labels = encode_chat(tok, CHAT)
+    assert len(ids) == len(labels)
+    first = next(i for i, lab in enumerate(labels) if lab != IGNORE)
+    assert all(lab == IGNORE for lab in labels[:first])
+    assert labels[first:] == ids[first:]
+    assert tok.decode(ids[first:]) == CHAT[1]["content"] + tok.eos_token
+    prompt = tok.apply_chat_template(CHAT[:1], tokenize=False, add_generation_prompt=True,
+                                     enable_thinking=False)
+    assert tok.decode(ids[:first]) == prompt
+
+
+def test_cutoff_and_bad_examples(tok):
+    ids, labels = encode_chat(tok, CHAT, max_length=10)
+    assert len(ids) == len(labels) == 10
+    with pytest.raises(ValueError, match="assistant"):
+        encode_chat(tok, CHAT[:1])
+
+
+def test_collate_pads_right_and_masks_padding():
+    batch = collate([([5, 6, 7], [IGNORE, 6, 7]), ([8], [8])], pad_id=0)
+    assert batch["input_ids"].tolist() == [[5, 6, 7], [8, 0, 0]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
+    assert batch["labels"].tolist() == [[IGNORE, 6, 7], [8, IGNORE, IGNORE]]
+
+
+def test_length_grouped_batches_cover_everything_once():
+    lengths = [(i * 37) % 101 for i in range(250)]
+    batches = length_grouped_batches(lengths, batch_size=8, seed=3, pool_batches=4)
+    flat = sorted(i for b in batches for i in b)
+    assert flat == list(range(250))
+    assert all(len(b) == 8 for b in batches[:-1] if len(b) != 250 % 8)
+    assert batches == length_grouped_batches(lengths, batch_size=8, seed=3, pool_batches=4)
+    # grouping: padding is far below that of random batches of the same size
+    def waste(bs):
+        return sum(max(lengths[i] for i in b) * len(b) - sum(lengths[i] for i in b) for b in bs)
+    random_batches = [list(range(i, min(i + 8, 250))) for i in range(0, 250, 8)]
+    assert waste(batches) < 0.5 * waste(random_batches)

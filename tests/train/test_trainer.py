@@ -1,0 +1,84 @@
+"""The training core: schedules against hand-computed values, checkpoints and logs."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from opd.train.trainer import Checkpoint, RunLog, lr_at
+
+
+def test_constant_schedule_keeps_the_peak():
+    assert [lr_at(s, 3e-4, 10, "constant", 0.5) for s in range(10)] == [3e-4] * 10
+
+
+def test_warmup_cosine_schedule():
+    total, warm = 100, 0.05
+    values = [lr_at(s, 1.0, total, "cosine", warm) for s in range(total)]
+    assert values[:5] == pytest.approx([0.2, 0.4, 0.6, 0.8, 1.0])
+    assert values[5] == pytest.approx(1.0)
+    assert values[50] == pytest.approx(0.5 * (1 + math.cos(math.pi * 45 / 95)))
+    assert all(a >= b for a, b in zip(values[5:], values[6:]))
+
+
+def test_cosine_decays_to_its_floor():
+    # peak 2, 11 steps, warm-up round(0.1 * 11) = 1 step, floor 10% of the peak
+    values = [lr_at(s, 2.0, 11, "cosine", 0.1, floor=0.1) for s in range(11)]
+    assert values[0] == pytest.approx(2.0)
+    assert values[-1] == pytest.approx(2.0 * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.9))))
+    assert lr_at(11, 2.0, 11, "cosine", 0.1, floor=0.1) == pytest.approx(0.2)  # after the last
+    assert values[3] == pytest.approx(2.0 * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 2 / 10))))
+
+
+def test_unknown_schedule_is_refused():
+    with pytest.raises(ValueError, match="linear"):
+        lr_at(0, 1.0, 10, "linear")
+
+
+def _save(ckpt, step, log, value):
+    ckpt.save(step, lambda tmp: (tmp.mkdir(parents=True, exist_ok=True),
+                                 torch.save({"v": value}, tmp / "w.pt")), log,
+              state={"data_position": step * 2})
+
+
+def test_checkpoint_resumes_only_its_own_run(tmp_path):
+    log = tmp_path / "log.jsonl"
+    log.write_text('{"step": 0}\n')
+    ckpt = Checkpoint(tmp_path / "ckpt", {"lr": 1})
+    assert ckpt.find() is None
+    _save(ckpt, 1, log, 1.0)
+    state = ckpt.find()
+    assert state["step"] == 1 and state["data_position"] == 2
+    assert ckpt.log_text() == '{"step": 0}\n'
+    assert not ckpt.tmp.exists() and not ckpt.old.exists()
+    other = Checkpoint(tmp_path / "ckpt", {"lr": 2})
+    assert other.find() is None and not (tmp_path / "ckpt").exists()  # set aside
+
+
+def test_interrupted_swap_keeps_the_previous_checkpoint(tmp_path):
+    log = tmp_path / "log.jsonl"
+    log.write_text("")
+    ckpt = Checkpoint(tmp_path / "ckpt", {"a": 1})
+    _save(ckpt, 1, log, 1.0)
+    # a kill between moving the old checkpoint aside and renaming the new one in
+    ckpt.path.rename(ckpt.old)
+    state = ckpt.find()
+    assert state["step"] == 1 and ckpt.path.exists() and not ckpt.old.exists()
+    assert torch.load(ckpt.path / "w.pt", weights_only=True)["v"] == 1.0
+
+
+def test_run_log_writes_lines_and_resumes_from_the_checkpoint_copy(tmp_path):
+    log = RunLog(tmp_path / "m.jsonl", tmp_path / "tb", "x")
+    log.write({"step": 0, "loss": 1.5, "flag": True}, 0)
+    log.write({"step": 1, "loss": 1.0}, 1)
+    log.close()
+    assert [ln["loss"] for ln in log.lines()] == [1.5, 1.0]
+    again = RunLog(tmp_path / "m.jsonl", None, "x",
+                   resume_text=json.dumps({"step": 0, "loss": 1.5}) + "\n", start_step=1)
+    assert again.lines() == [{"step": 0, "loss": 1.5}]
+    off = RunLog(tmp_path / "none.jsonl", None, "x", enabled=False)
+    off.write({"step": 0}, 0)
+    assert not (tmp_path / "none.jsonl").exists()

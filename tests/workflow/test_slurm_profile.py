@@ -1,0 +1,102 @@
+"""`snakemake --profile slurm` against stand-in slurm commands: what each job asks for."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import shutil
+
+import yaml
+
+from conftest import REPO, copy_workflow, run_snakemake
+
+STUB = REPO / "tests/workflow/slurm_stub/stub.py"
+COMMANDS = ("sbatch", "sacct", "squeue", "sinfo", "sacctmgr", "scontrol", "sshare", "scancel")
+
+
+def _submissions(log):
+    calls = [json.loads(ln) for ln in log.read_text().splitlines()]
+    out = {}
+    for c in calls:
+        if c["cmd"] != "sbatch":
+            continue
+        args = c["args"]
+        comment = args[args.index("--comment") + 1]
+        rule = comment.removeprefix("rule_").split("_wildcards_")[0]
+        out[rule] = args
+    return out
+
+
+def _flag(args, flag):
+    """Value of `flag X` or `flag=X` in an sbatch call, else None."""
+    for i, a in enumerate(args):
+        if a == flag:
+            return args[i + 1]
+        if a.startswith(flag + "="):
+            return a.split("=", 1)[1]
+    return None
+
+
+def test_gpu_and_cpu_rules_are_submitted_with_their_resources(tmp_path, monkeypatch):
+    (tmp_path / "wf").mkdir()
+    work = copy_workflow(tmp_path / "wf")
+    shutil.copytree(REPO / "slurm", work / "slurm")
+    cfg_path = work / "config/paper.yaml"
+    cfg = yaml.safe_load(cfg_path.read_text())
+    cfg["resources"]["default"].update(slurm_partition="cpu-part", slurm_account="proj")
+    cfg["resources"]["rules"]["evaluate"] = {"threads": 8, "mem_mb": 64000, "runtime": 240,
+                                             "gpu": 2, "gpu_model": "h100",
+                                             "slurm_partition": "gpu-part"}
+    cfg_path.write_text(yaml.safe_dump(cfg))
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for cmd in COMMANDS:
+        os.symlink(STUB, bin_dir / cmd)
+    log = tmp_path / "calls.jsonl"
+    monkeypatch.setenv("SLURM_STUB_LOG", str(log))
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    # two jobs that are ready at once on the paper config: one GPU, one CPU
+    proc = run_snakemake(["--profile", "slurm", "--keep-going", "--retries", "0",
+                          "--latency-wait", "1", "--slurm-init-seconds-before-status-checks", "1",
+                          "results/eval/r1_distill_1p5b/aime24.json",
+                          "results/data/openthoughts_sample.parquet"], work, timeout=600)
+    subs = _submissions(log)
+    assert set(subs) == {"evaluate", "sample_openthoughts"}, proc.stderr[-3000:]
+    assert proc.returncode != 0  # the stand-in cluster fails every job
+
+    gpu = subs["evaluate"]
+    assert _flag(gpu, "--gpus") == "h100:2"
+    assert _flag(gpu, "-p") == "gpu-part" and _flag(gpu, "-A") == "proj"
+    assert _flag(gpu, "--mem") == "64000" and _flag(gpu, "-t") == "240"
+    assert _flag(gpu, "--cpus-per-task") == "8"
+    wrapped = _flag(gpu, "--wrap")
+    assert "--target-jobs" in wrapped and "evaluate:model=r1_distill_1p5b" in wrapped
+
+    cpu = subs["sample_openthoughts"]
+    assert not any(a.startswith(("--gpus", "--gres")) for a in cpu), shlex.join(cpu)
+    assert _flag(cpu, "-p") == "cpu-part" and _flag(cpu, "-A") == "proj"
+    assert _flag(cpu, "--mem") == "16000" and _flag(cpu, "-t") == "240"
+
+
+def test_profile_dry_run_lists_the_paper_dag_without_slurm(tmp_path):
+    (tmp_path / "wf").mkdir()
+    work = copy_workflow(tmp_path / "wf")
+    shutil.copytree(REPO / "slurm", work / "slurm")
+    proc = run_snakemake(["--profile", "slurm", "-n"], work)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    counts = dict(re.findall(r"^(\w+)\s+(\d+)$", proc.stdout, re.M))
+    cfg = yaml.safe_load((work / "config/paper.yaml").read_text())
+    assert int(counts["opd_train"]) == len(cfg["experiments"])
+    # one diagnosis per distinct pair, prompt set and template (objective variants share it)
+    pairs = {(e["student"], e["teacher"], e["prompts"], e.get("template", "default"))
+             for e in cfg["experiments"].values()}
+    assert int(counts["diagnose_pair"]) == len(pairs) < len(cfg["experiments"])
+    assert int(counts["select_prompts"]) == len(cfg["prompt_selection"])
+    assert int(counts["prepare_dapo"]) == 1
+    assert int(counts["teacher_rollouts"]) == sum(r["shards"] for r in cfg["rollouts"].values())
+    for rule in ("sample_openthoughts", "dedup_semantic", "filter_rollouts", "cold_start_sft",
+                 "evaluate", "opd_tables", "opd_figures"):
+        assert int(counts[rule]) >= 1, rule
+    assert "build_tiny" not in proc.stdout

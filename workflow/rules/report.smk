@@ -1,0 +1,58 @@
+# Reports (both worlds): one table per experiment group with its claims checked, and the
+# training and per-position figures.
+
+
+rule opd_tables:
+    """One CSV + Markdown table per experiment group and the claims summary."""
+    input:
+        metrics=[f"{OPD_DIR}/{e}/metrics.jsonl" for e in grouped_experiments()],
+        evals=[s for e in grouped_experiments() for s in eval_summaries(e)]
+        + [s for e in grouped_experiments() for s in eval_summaries(config["experiments"][e]["student"])],
+    output:
+        tables=[report(f"{RESULTS}/tables/{g}.md", caption="../report/opd_group.rst",
+                       category="OPD experiments", subcategory="tables") for g in config["groups"]]
+        + [f"{RESULTS}/tables/{g}.csv" for g in config["groups"]],
+        summary=report(f"{RESULTS}/tables/README.md", caption="../report/claims.rst",
+                       category="OPD experiments"),
+    params:
+        groups=as_json(config["groups"]),
+        experiments=as_json(config["experiments"]),
+    log:
+        log_path("opd_tables", "tables"),
+    benchmark:
+        bench_path("opd_tables", "tables")
+    threads: 1
+    resources:
+        **rule_resources("opd_tables"),
+    conda:
+        "../../envs/cpu.yaml"
+    shell:
+        "python -m opd.stages.report.opd_tables --groups {params.groups:q} --experiments {params.experiments:q}"
+        " --results {RESULTS:q} --out {RESULTS:q}/tables > {log:q} 2>&1"
+
+
+rule opd_figures:
+    """Training curves per group and per-position (long-horizon) curves."""
+    input:
+        metrics=[f"{OPD_DIR}/{e}/metrics.jsonl" for e in grouped_experiments()],
+    output:
+        groups=[report(f"{RESULTS}/figures/{g}.png", caption="../report/opd_figure.rst",
+                       category="OPD experiments", subcategory="figures") for g in config["groups"]],
+        positions=[report(f"{RESULTS}/figures/long_horizon_{e}.png",
+                          caption="../report/long_horizon.rst", category="OPD experiments",
+                          subcategory="long horizon") for e in per_position_experiments()],
+    params:
+        groups=as_json(config["groups"]),
+        positions=per_position_experiments(),
+    log:
+        log_path("opd_figures", "figures"),
+    benchmark:
+        bench_path("opd_figures", "figures")
+    threads: 1
+    resources:
+        **rule_resources("opd_figures"),
+    conda:
+        "../../envs/cpu.yaml"
+    shell:
+        "python -m opd.stages.report.opd_figures --groups {params.groups:q} --results {RESULTS:q}"
+        " --out {RESULTS:q}/figures --long-horizon {params.positions:q} > {log:q} 2>&1"
