@@ -116,3 +116,18 @@ def test_paper_config_replaces_the_tiny_default(workdir):
     assert "build_tiny_world" not in proc.stdout  # the paper world builds no tiny data
     for rule in ("teacher_rollouts", "filter_rollouts", "cold_start_sft", "evaluate"):
         assert f"rule {rule}:" in proc.stdout, rule
+
+
+@pytest.mark.parametrize("claim, message", [
+    ({"op": "~"}, "needs a tolerance"),
+    ({"op": ">", "tol": 0.1}, "applies to '~' only"),
+])
+def test_claims_follow_one_tolerance_rule(tiny, claim, message):
+    for section in ("groups", "tiny_models"):
+        cfg = copy.deepcopy(tiny)
+        claims = (cfg["groups"][next(iter(cfg["groups"]))]["claims"] if section == "groups"
+                  else cfg["tiny_models"]["checks"])
+        claims[0].pop("tol", None)
+        claims[0].update(claim)
+        with pytest.raises(ConfigError, match=message):
+            validate(cfg)

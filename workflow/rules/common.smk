@@ -278,6 +278,19 @@ def grouped_experiments():
     return sorted({e for g in config["groups"].values() for e in g["experiments"]})
 
 
+def group_metrics():
+    """Each grouped experiment's training log, by experiment (inputs of the report rules)."""
+    return {e: f"{OPD_DIR}/{e}/metrics.jsonl" for e in grouped_experiments()}
+
+
+def group_evals():
+    """Evaluation summaries of every grouped experiment and of the student it started from,
+    by model and benchmark (inputs of opd_tables)."""
+    models = grouped_experiments()
+    models += sorted({config["experiments"][e]["student"] for e in models})
+    return {m: dict(zip(config["benchmarks"], eval_summaries(m))) for m in models}
+
+
 def per_position_experiments():
     return sorted({e for g in config["groups"].values() if g["per_position"]
                    for e in g["experiments"]})

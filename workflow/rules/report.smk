@@ -5,9 +5,8 @@
 rule opd_tables:
     """One CSV + Markdown table per experiment group and the claims summary."""
     input:
-        metrics=[f"{OPD_DIR}/{e}/metrics.jsonl" for e in grouped_experiments()],
-        evals=[s for e in grouped_experiments() for s in eval_summaries(e)]
-        + [s for e in grouped_experiments() for s in eval_summaries(config["experiments"][e]["student"])],
+        metrics=list(group_metrics().values()),
+        evals=[path for m in group_evals().values() for path in m.values()],
     output:
         tables=[report(f"{RESULTS}/tables/{g}.md", caption="../report/opd_group.rst",
                        category="OPD experiments", subcategory="tables") for g in config["groups"]]
@@ -17,6 +16,8 @@ rule opd_tables:
     params:
         groups=as_json(config["groups"]),
         experiments=as_json(config["experiments"]),
+        metrics=as_json(group_metrics()),
+        evals=as_json(group_evals()),
     log:
         log_path("opd_tables", "tables"),
     benchmark:
@@ -27,14 +28,15 @@ rule opd_tables:
     conda:
         "../../envs/cpu.yaml"
     shell:
-        "python -m opd.stages.report.opd_tables --groups {params.groups:q} --experiments {params.experiments:q}"
-        " --results {RESULTS:q} --out {RESULTS:q}/tables > {log:q} 2>&1"
+        "python -m opd.stages.report.opd_tables --groups {params.groups:q}"
+        " --experiments {params.experiments:q} --metrics {params.metrics:q}"
+        " --evals {params.evals:q} --out {RESULTS:q}/tables > {log:q} 2>&1"
 
 
 rule opd_figures:
     """Training curves per group and per-position (long-horizon) curves."""
     input:
-        metrics=[f"{OPD_DIR}/{e}/metrics.jsonl" for e in grouped_experiments()],
+        metrics=list(group_metrics().values()),
     output:
         groups=[report(f"{RESULTS}/figures/{g}.png", caption="../report/opd_figure.rst",
                        category="OPD experiments", subcategory="figures") for g in config["groups"]],
@@ -43,6 +45,7 @@ rule opd_figures:
                           subcategory="long horizon") for e in per_position_experiments()],
     params:
         groups=as_json(config["groups"]),
+        metrics=as_json(group_metrics()),
         positions=per_position_experiments(),
     log:
         log_path("opd_figures", "figures"),
@@ -54,5 +57,6 @@ rule opd_figures:
     conda:
         "../../envs/cpu.yaml"
     shell:
-        "python -m opd.stages.report.opd_figures --groups {params.groups:q} --results {RESULTS:q}"
-        " --out {RESULTS:q}/figures --long-horizon {params.positions:q} > {log:q} 2>&1"
+        "python -m opd.stages.report.opd_figures --groups {params.groups:q}"
+        " --metrics {params.metrics:q} --out {RESULTS:q}/figures"
+        " --long-horizon {params.positions:q} > {log:q} 2>&1"

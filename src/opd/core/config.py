@@ -16,6 +16,8 @@ T = TypeVar("T")
 import jsonschema
 import yaml
 
+from opd.core.claims import tolerance_error
+
 SCHEMA_PATH = Path(__file__).resolve().parents[3] / "workflow" / "schemas" / "config.schema.yaml"
 
 
@@ -122,6 +124,13 @@ def _check_references(config: dict[str, Any]) -> None:
                                       "not an experiment of the group")
             if claim.get("b") is None and claim.get("value") is None:
                 raise ConfigError(f"groups.{gname}.claims[{i}]: give b (an experiment) or value")
+    claim_lists = [(f"groups.{g}.claims", grp["claims"]) for g, grp in config.get("groups", {}).items()]
+    claim_lists.append(("tiny_models.checks", config.get("tiny_models", {}).get("checks", [])))
+    for where, claims in claim_lists:
+        for i, claim in enumerate(claims):
+            error = tolerance_error(claim["op"], claim.get("tol"))
+            if error:
+                raise ConfigError(f"{where}[{i}]: {error}")
     evaluation = config.get("evaluation", {})
     for name in evaluation.get("models", []):
         if name not in config.get("models", {}):
@@ -163,3 +172,17 @@ def typed(cls: type[T], section: dict[str, Any], where: str) -> T:
             ([f"unknown {', '.join(unknown)}"] if unknown else [])
         raise ConfigError(f"{where}: {'; '.join(parts)}")
     return cls(**{k: section[k] for k in names})
+
+
+def with_defaults(definition: str, spec: dict[str, Any]) -> dict[str, Any]:
+    """A copy of ``spec`` validated against the schema's ``$defs/<definition>`` with its
+    defaults filled in: for stage inputs given by hand (tests, one-off runs) rather than by
+    the workflow, so that defaults still come from the schema only."""
+    schema = load_schema()
+    sub = {**schema["$defs"][definition], "$defs": schema["$defs"]}
+    out = copy.deepcopy(spec)
+    cls = _with_defaults(jsonschema.validators.validator_for(schema))
+    errors = list(cls(sub).iter_errors(out))
+    if errors:
+        raise ConfigError(f"{definition}: {errors[0].message}")
+    return out

@@ -17,6 +17,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from opd.core.config import with_defaults
 from opd.core.io import read_table
 
 
@@ -78,7 +79,7 @@ def iter_rows(spec: dict[str, Any], columns: list[str] | None = None
 
     ds = datasets.load_dataset(spec["hub_id"], spec.get("config_name"), split=spec["split"],
                                revision=spec.get("revision"),
-                               streaming=spec.get("streaming", False))
+                               streaming=spec["streaming"])
     yield from ds
 
 
@@ -179,9 +180,10 @@ def load_benchmark(spec: dict[str, Any]) -> pd.DataFrame:
 
 def load_prompt_set(spec: dict[str, Any]) -> pd.DataFrame:
     """A prompt set as a frame with ``prompt`` (non-empty) and ``answer`` (string or None)."""
+    spec = with_defaults("prompt_set", spec)
     df = read_table(Path(spec["path"]))
     where = describe(spec)
-    pf, af = spec.get("prompt_field", "prompt"), spec.get("answer_field", "answer")
+    pf, af = spec["prompt_field"], spec["answer_field"]
     if pf not in df.columns:
         raise DataError(f"{where}: prompt set has no column {pf!r}")
     answers = df[af] if af in df.columns else [None] * len(df)

@@ -106,7 +106,7 @@ def test_arrow_and_jsonl_read_like_parquet(tmp_path):
 
 def test_sample_openthoughts(small_world):
     src = {"path": str(small_world / "openthoughts.parquet")}
-    table, stats = sample(src, {"n": 20, "domain": "math", "seed": 3})
+    table, stats = sample(src, {"n": 20, "domain": "math", "seed": 3, "on_bad_row": "fail"})
     raw = pq.read_table(small_world / "openthoughts.parquet").to_pylist()
     math_prompts = {r["conversations"][0]["value"].strip() for r in raw if r["domain"] == "math"}
     got = table.to_pylist()
@@ -118,11 +118,11 @@ def test_sample_openthoughts(small_world):
         assert f"\\boxed{{{r['answer']}}}" in answers[r["prompt"]]
     assert stats["unique_prompts"] == len(math_prompts)
     assert stats["duplicates_dropped"] == stats["math_rows"] - len(math_prompts)
-    again, _ = sample(src, {"n": 20, "domain": "math", "seed": 3})
+    again, _ = sample(src, {"n": 20, "domain": "math", "seed": 3, "on_bad_row": "fail"})
     assert again.equals(table)
-    other, _ = sample(src, {"n": 20, "domain": "math", "seed": 4})
+    other, _ = sample(src, {"n": 20, "domain": "math", "seed": 4, "on_bad_row": "fail"})
     assert not other.equals(table)
-    everything, stats = sample(src, {"n": 10_000, "domain": "math", "seed": 0})
+    everything, stats = sample(src, {"n": 10_000, "domain": "math", "seed": 0, "on_bad_row": "fail"})
     assert stats["sampled"] == len(math_prompts) == everything.num_rows
 
 

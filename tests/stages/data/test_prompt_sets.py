@@ -33,7 +33,7 @@ def dapo_file(tmp_path):
 def test_dapo_is_flattened_unwrapped_and_deduplicated(dapo_file, tmp_path):
     out, stats = tmp_path / "p.parquet", tmp_path / "p.json"
     prepare_dapo.main(["--source", json.dumps({"path": str(dapo_file)}), "--out", str(out),
-                       "--stats", str(stats), "--params", json.dumps({"n": None, "seed": 0})])
+                       "--stats", str(stats), "--params", json.dumps({"n": None, "seed": 0, "on_bad_row": "fail"})])
     df = pd.read_parquet(out)
     assert df["prompt"].tolist() == ["What is 1+1?", "What is 2+3?", "Find x if x-4=0."]
     assert df["answer"].tolist() == ["2", "5", "4"]
@@ -44,8 +44,8 @@ def test_dapo_is_flattened_unwrapped_and_deduplicated(dapo_file, tmp_path):
 
 def test_dapo_sample_is_seeded_and_keeps_file_order(dapo_file):
     spec = {"path": str(dapo_file)}
-    a, _ = prepare_dapo.flatten(spec, {"n": 2, "seed": 3})
-    b, _ = prepare_dapo.flatten(spec, {"n": 2, "seed": 3})
+    a, _ = prepare_dapo.flatten(spec, {"n": 2, "seed": 3, "on_bad_row": "fail"})
+    b, _ = prepare_dapo.flatten(spec, {"n": 2, "seed": 3, "on_bad_row": "fail"})
     assert a.equals(b) and a.num_rows == 2
     assert a.column("row").to_pylist() == sorted(a.column("row").to_pylist())
 
@@ -56,7 +56,7 @@ def test_dapo_bad_row_names_the_field(tmp_path):
     path = tmp_path / "bad.parquet"
     pq.write_table(pa.Table.from_pylist(rows, schema=DAPO), path)
     with pytest.raises(DataError, match=r"row 1: field 'prompt'"):
-        prepare_dapo.flatten({"path": str(path)}, {"n": None, "seed": 0})
+        prepare_dapo.flatten({"path": str(path)}, {"n": None, "seed": 0, "on_bad_row": "fail"})
     table, stats = prepare_dapo.flatten({"path": str(path)}, {"n": None, "seed": 0,
                                                               "on_bad_row": "skip"})
     assert table.num_rows == 1 and stats["bad_rows_skipped"] == 1

@@ -45,11 +45,16 @@ def results(tmp_path):
     evals = {"s": {"b1": _summary(10, 4, 0.25, 0.5), "b2": _summary(30, 4, 0.5, 0.8)},
              "good": {"b1": _summary(10, 4, 0.5, 0.6), "b2": _summary(30, 4, 0.5, 0.9)},
              "bad": {"b1": _summary(10, 4, 0.0, 0.0), "b2": _summary(30, 4, 0.1, 0.2)}}
+    paths = {"metrics": {name: str(root / "opd" / name / "metrics.jsonl") for name in runs},
+             "evals": {}}
     for model, per in evals.items():
         (root / "eval" / model).mkdir(parents=True)
         for bench, s in per.items():
             (root / "eval" / model / f"{bench}.json").write_text(json.dumps(s))
-    return root
+            paths["evals"].setdefault(model, {})[bench] = str(root / "eval" / model / f"{bench}.json")
+        # a file the rule does not declare is never read
+        (root / "eval" / model / "stray.json").write_text("not json")
+    return paths
 
 
 GROUPS = {"pattern": {"title": "Pattern", "description": "d", "experiments": ["good", "bad"],
@@ -68,7 +73,7 @@ def test_pooled_accuracy_weights_by_samples():
     assert pooled_accuracy(s, "pass_at_n") == pytest.approx((40 * 0.5 + 120 * 0.8) / 160)
 
 
-def test_claims():
+def test_claims_of_a_table():
     rows = {"x": {"m": 0.5}, "y": {"m": 0.52}}
     assert check_claim({"a": "x", "b": "y", "metric": "m", "op": "~", "tol": 0.05}, rows)["holds"]
     assert not check_claim({"a": "x", "b": "y", "metric": "m", "op": ">"}, rows)["holds"]
@@ -79,7 +84,8 @@ def test_claims():
 def test_tables_from_fixture_metrics(results, tmp_path):
     out = tmp_path / "tables"
     tables_main(["--groups", json.dumps(GROUPS), "--experiments", json.dumps(EXPERIMENTS),
-                 "--results", str(results), "--out", str(out), "--window", "2"])
+                 "--metrics", json.dumps(results["metrics"]), "--evals",
+                 json.dumps(results["evals"]), "--out", str(out), "--window", "2"])
     df = pd.read_csv(out / "pattern.csv").set_index("experiment")
     assert df.loc["good", "overlap_ratio_initial"] == pytest.approx(0.6)
     assert df.loc["good", "overlap_ratio_final"] == pytest.approx(0.9)
@@ -91,6 +97,7 @@ def test_tables_from_fixture_metrics(results, tmp_path):
     assert df.loc["bad", "accuracy_delta"] == pytest.approx((40 * 0 + 120 * 0.1) / 160 - student)
     assert df.loc["good", "b2_pass"] == pytest.approx(0.9)
     assert df.loc["good", "variant"] == "full"
+    assert not any(c.startswith("stray") for c in df.columns)
     md = (out / "pattern.md").read_text()
     assert md.startswith("# Pattern") and "| good starts higher |" in md
     summary = (out / "README.md").read_text()
@@ -99,7 +106,7 @@ def test_tables_from_fixture_metrics(results, tmp_path):
 
 
 def test_figures_are_written_and_reproducible(results, tmp_path):
-    args = ["--groups", json.dumps(GROUPS), "--results", str(results), "--out",
+    args = ["--groups", json.dumps(GROUPS), "--metrics", json.dumps(results["metrics"]), "--out",
             str(tmp_path / "a"), "--long-horizon", "good", "--window", "2"]
     figures_main(args)
     first = (tmp_path / "a/pattern.png").read_bytes()

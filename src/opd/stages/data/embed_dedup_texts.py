@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from opd.core.config import with_defaults
 from opd.core.data import load_rows
 from opd.core.dedup import dapo_problem, normalise
 from opd.core.io import atomic_path, write_json
@@ -45,7 +46,7 @@ def encode(texts: list[str], spec: dict[str, Any], batch_size: int) -> np.ndarra
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = SentenceTransformer(model_location(spec), device=device,
-                                trust_remote_code=spec.get("trust_remote_code", False))
+                                trust_remote_code=spec["trust_remote_code"])
     emb = model.encode(texts, batch_size=batch_size, show_progress_bar=True,
                        convert_to_numpy=True, normalize_embeddings=True)
     return np.ascontiguousarray(emb, dtype=np.float32)
@@ -68,7 +69,8 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dapo", type=json.loads, required=True)
     ap.add_argument("--deepmath", type=json.loads, required=True)
-    ap.add_argument("--model", type=json.loads, required=True)
+    ap.add_argument("--model", type=lambda v: with_defaults("embedding_model", json.loads(v)),
+                    required=True)
     ap.add_argument("--out-dapo", type=Path, required=True)
     ap.add_argument("--out-deepmath", type=Path, required=True)
     ap.add_argument("--meta", type=Path, required=True)

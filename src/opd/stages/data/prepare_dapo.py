@@ -31,7 +31,7 @@ SCHEMA = pa.schema([("prompt_id", pa.string()), ("prompt", pa.string()), ("answe
 
 
 def flatten(source: dict[str, Any], params: dict[str, Any]) -> tuple[pa.Table, dict[str, Any]]:
-    rows, skipped = load_rows(source, "dapo", params.get("on_bad_row", "fail"),
+    rows, skipped = load_rows(source, "dapo", params["on_bad_row"],
                               keep=["prompt", "reward_model"])
     seen: set[str] = set()
     unique, repeats = [], 0

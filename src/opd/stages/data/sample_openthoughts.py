@@ -30,7 +30,7 @@ SCHEMA = pa.schema([("prompt_id", pa.string()), ("prompt", pa.string()), ("answe
 
 
 def sample(source: dict[str, Any], params: dict[str, Any]) -> tuple[pa.Table, dict[str, Any]]:
-    rows, skipped = load_rows(source, "openthoughts", params.get("on_bad_row", "fail"),
+    rows, skipped = load_rows(source, "openthoughts", params["on_bad_row"],
                               keep=["source", "difficulty"])
     stats = {"rows_in": len(rows) + len(skipped), "bad_rows_skipped": len(skipped)}
     math = [(i, r) for i, r in rows if r["domain"] == params["domain"]]

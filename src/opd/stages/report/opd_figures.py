@@ -6,8 +6,9 @@ per experiment, smoothed with a centred moving average (raw values faint behind 
 long-horizon figure of an experiment shows the same metrics by response position bucket, at
 the start and at the end of training.
 
-    python -m opd.stages.report.opd_figures --groups '{...}' --results results --out results/figures \
-        --long-horizon strong_teacher
+    python -m opd.stages.report.opd_figures --groups '{...}' \
+        --metrics '{"strong_teacher": "results/opd/strong_teacher/metrics.jsonl", ...}' \
+        --out results/figures --long-horizon strong_teacher
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from opd.core.io import atomic_path  # noqa: E402
+from opd.core.logging import read_jsonl  # noqa: E402
 
 PANELS = [("accuracy", "rollout accuracy"), ("overlap_ratio", "top-k overlap ratio"),
           ("overlap_advantage", "overlap-token advantage"),
@@ -36,11 +38,6 @@ def smooth(values: list[float], width: int) -> list[float]:
         win = [v for v in values[max(0, i - width // 2):i + width // 2 + 1] if v == v]
         out.append(sum(win) / len(win) if win else float("nan"))
     return out
-
-
-def load_lines(results: Path, name: str) -> list[dict[str, Any]]:
-    path = results / "opd" / name / "metrics.jsonl"
-    return [json.loads(ln) for ln in path.read_text().splitlines()]
 
 
 def save(fig: Any, path: Path) -> None:
@@ -96,7 +93,8 @@ def long_horizon_figure(name: str, lines: list[dict[str, Any]], out: Path, windo
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--groups", type=json.loads, required=True)
-    ap.add_argument("--results", type=Path, required=True)
+    ap.add_argument("--metrics", type=json.loads, required=True,
+                    help="JSON: experiment -> its metrics.jsonl")
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--long-horizon", nargs="*", default=[])
     ap.add_argument("--smooth", type=int, default=9)
@@ -104,10 +102,10 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     plt.rcParams["svg.hashsalt"] = "opd"
     for gname, group in args.groups.items():
-        runs = {e: load_lines(args.results, e) for e in group["experiments"]}
+        runs = {e: read_jsonl(args.metrics[e]) for e in group["experiments"]}
         group_figure(group["title"], runs, args.out / f"{gname}.png", args.smooth)
     for name in args.long_horizon:
-        long_horizon_figure(name, load_lines(args.results, name),
+        long_horizon_figure(name, read_jsonl(args.metrics[name]),
                             args.out / f"long_horizon_{name}.png", args.window)
 
 

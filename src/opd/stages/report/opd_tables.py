@@ -5,10 +5,13 @@ Per experiment the row holds the pair, the variant, the mechanism metrics at the
 end of training (each the mean over the first / last ``window`` steps, to smooth step noise),
 and avg@n / pass@n per benchmark of the final student with the change against the student it
 started from. Claims are data (config ``groups.<g>.claims``): a metric of experiment ``a``
-compared with experiment ``b`` or with a fixed ``value``.
+compared with experiment ``b`` or with a fixed ``value``. The stage reads only the files the
+rule declares: ``--metrics`` maps each experiment to its ``metrics.jsonl``, ``--evals`` each
+evaluated model (experiments and their students) to its summary per benchmark.
 
-    python -m opd.stages.report.opd_tables --groups '{...}' --experiments '{...}' --results results \
-        --out results/tables
+    python -m opd.stages.report.opd_tables --groups '{...}' --experiments '{...}' \
+        --metrics '{"exp": "results/opd/exp/metrics.jsonl"}' \
+        --evals '{"exp": {"aime24": "results/eval/exp/aime24.json"}}' --out results/tables
 """
 
 from __future__ import annotations
@@ -20,7 +23,9 @@ from typing import Any
 
 import pandas as pd
 
+from opd.core.claims import checked
 from opd.core.io import atomic_path, write_text
+from opd.core.logging import read_jsonl
 
 MECHANISM = ("overlap_ratio", "shared_mass_student", "entropy_gap", "overlap_advantage",
              "reverse_kl")
@@ -37,13 +42,16 @@ def window_mean(lines: list[dict[str, Any]], key: str) -> float:
     return sum(values) / len(values) if values else float("nan")
 
 
-def experiment_row(name: str, exp: dict[str, Any], results: Path, window: int) -> dict[str, Any]:
-    lines = [json.loads(ln) for ln in (results / "opd" / name / "metrics.jsonl").read_text().splitlines()]
+def read_summaries(paths: dict[str, str]) -> dict[str, dict[str, Any]]:
+    """Evaluation summaries by benchmark, in benchmark order."""
+    return {b: json.loads(Path(paths[b]).read_text()) for b in sorted(paths)}
+
+
+def experiment_row(name: str, exp: dict[str, Any], metrics: Path,
+                   evals: dict[str, dict[str, str]], window: int) -> dict[str, Any]:
+    lines = read_jsonl(metrics)
     first, last = lines[:window], lines[-window:]
-    benches = sorted(p.stem for p in (results / "eval" / name).glob("*.json"))
-    final = {b: json.loads((results / "eval" / name / f"{b}.json").read_text()) for b in benches}
-    base = {b: json.loads((results / "eval" / exp["student"] / f"{b}.json").read_text())
-            for b in benches}
+    final, base = read_summaries(evals[name]), read_summaries(evals[exp["student"]])
     row: dict[str, Any] = {
         "experiment": name, "student": exp["student"], "teacher": exp["teacher"],
         "variant": exp.get("opd", {}).get("variant", exp.get("variant", "")),
@@ -53,7 +61,7 @@ def experiment_row(name: str, exp: dict[str, Any], results: Path, window: int) -
         row[f"{key}_initial"] = window_mean(first, key)
         row[f"{key}_final"] = window_mean(last, key)
     row["overlap_change"] = row["overlap_ratio_final"] - row["overlap_ratio_initial"]
-    for b in benches:
+    for b in final:
         row[f"{b}_avg"] = final[b]["avg_at_n"]
         row[f"{b}_pass"] = final[b]["pass_at_n"]
     row["accuracy_student"] = pooled_accuracy(base)
@@ -65,11 +73,9 @@ def experiment_row(name: str, exp: dict[str, Any], results: Path, window: int) -
 
 
 def check_claim(claim: dict[str, Any], rows: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    metric, op, tol = claim["metric"], claim["op"], claim.get("tol", 0.0)
-    a = rows[claim["a"]][metric]
-    b = rows[claim["b"]][metric] if claim.get("b") else claim["value"]
-    holds = {">": a > b, "<": a < b, ">=": a >= b, "~": abs(a - b) <= tol}[op]
-    return {**claim, "measured_a": a, "measured_b": b, "holds": bool(holds)}
+    a = rows[claim["a"]][claim["metric"]]
+    b = rows[claim["b"]][claim["metric"]] if claim.get("b") else claim["value"]
+    return checked(claim, a, b)
 
 
 def fmt(x: Any) -> str:
@@ -110,12 +116,16 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--groups", type=json.loads, required=True)
     ap.add_argument("--experiments", type=json.loads, required=True)
-    ap.add_argument("--results", type=Path, required=True)
+    ap.add_argument("--metrics", type=json.loads, required=True,
+                    help="JSON: experiment -> its metrics.jsonl")
+    ap.add_argument("--evals", type=json.loads, required=True,
+                    help="JSON: model -> {benchmark: evaluation summary}")
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--window", type=int, default=5)
     args = ap.parse_args(argv)
     names = sorted({e for g in args.groups.values() for e in g["experiments"]})
-    rows = {n: experiment_row(n, args.experiments[n], args.results, args.window) for n in names}
+    rows = {n: experiment_row(n, args.experiments[n], Path(args.metrics[n]), args.evals,
+                              args.window) for n in names}
     summary = ["# Paper claims, measured", "",
                "Each claim of the paper next to the measured numbers of this run. The tables of "
                "each group hold the full rows.", "",
@@ -123,11 +133,11 @@ def main(argv: list[str] | None = None) -> None:
     for gname, group in args.groups.items():
         df = pd.DataFrame([rows[e] for e in group["experiments"]])
         benches = sorted({c[:-4] for c in df.columns if c.endswith("_avg")})
-        checks = [check_claim(c, rows) for c in group.get("claims", [])]
+        checks = [check_claim(c, rows) for c in group["claims"]]
         with atomic_path(args.out / f"{gname}.csv") as tmp:
             df.to_csv(tmp, index=False, float_format="%.6g")
         write_text(args.out / f"{gname}.md",
-                   group_markdown(group["title"], group.get("description", ""), df, checks, benches))
+                   group_markdown(group["title"], group["description"], df, checks, benches))
         summary += [f"| [{group['title']}]({gname}.md) | {c['claim']} | {claim_cells(c)} |"
                     for c in checks]
     summary.append("")

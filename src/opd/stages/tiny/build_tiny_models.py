@@ -72,7 +72,7 @@ def make_config(arch: dict[str, int], tokenizer: Any) -> Qwen3Config:
         num_attention_heads=heads,
         num_key_value_heads=arch["num_key_value_heads"],
         head_dim=arch["hidden_size"] // heads,
-        max_position_embeddings=arch.get("max_position_embeddings", 1024),
+        max_position_embeddings=arch["max_position_embeddings"],
         rope_theta=10000.0,
         tie_word_embeddings=True,
         bos_token_id=None,

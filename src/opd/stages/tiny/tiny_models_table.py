@@ -13,6 +13,7 @@ from typing import Any
 
 import pandas as pd
 
+from opd.core.claims import checked
 from opd.core.io import atomic_path, write_json, write_text
 
 
@@ -37,21 +38,15 @@ def run_checks(cards: dict[str, dict[str, Any]], checks: list[dict[str, Any]]) -
         if chk["a"] not in cards or chk["b"] not in cards:
             missing = [m for m in (chk["a"], chk["b"]) if m not in cards]
             raise KeyError(f"check {chk['claim']!r} names unknown model(s): {missing}")
-        a, b = metric(cards[chk["a"]], chk["metric"]), metric(cards[chk["b"]], chk["metric"])
-        if chk["op"] == ">":
-            holds = a > b
-        elif chk["op"] == "<":
-            holds = a < b
-        else:
-            holds = abs(a - b) <= chk.get("tol", 0.1)
-        results.append({**chk, "value_a": a, "value_b": b, "holds": bool(holds)})
+        results.append(checked(chk, metric(cards[chk["a"]], chk["metric"]),
+                               metric(cards[chk["b"]], chk["metric"])))
     return results
 
 
 def table(cards: dict[str, dict[str, Any]]) -> pd.DataFrame:
     rows = []
     for name, c in cards.items():
-        row = {"model": name, "role": c["recipe"].get("role", ""),
+        row = {"model": name, "role": c["recipe"]["role"],
                "pattern": c["recipe"]["pattern"],
                "chain_lengths": f"{c['recipe']['difficulty'][0]}-{c['recipe']['difficulty'][1]}",
                "parameters": c["recipe"]["parameters"],
@@ -78,7 +73,7 @@ def markdown(df: pd.DataFrame, checks: list[dict[str, Any]]) -> str:
               "|---|---|---|---|---|---|---|"]
     for c in checks:
         lines.append(f"| {c['claim']} | {c['a']} | {c['b']} | {c['metric']} {c['op']} "
-                     f"| {c['value_a']:.3f} | {c['value_b']:.3f} | {'yes' if c['holds'] else 'NO'} |")
+                     f"| {c['measured_a']:.3f} | {c['measured_b']:.3f} | {'yes' if c['holds'] else 'NO'} |")
     return "\n".join(lines) + "\n"
 
 
@@ -98,8 +93,8 @@ def main(argv: list[str] | None = None) -> None:
     write_text(args.md, markdown(df, checks))
     write_json(args.checks, {"all_hold": all(c["holds"] for c in checks), "checks": checks})
     for c in checks:
-        print(("ok  " if c["holds"] else "FAIL") + f" {c['claim']}: {c['value_a']:.3f} "
-              f"{c['op']} {c['value_b']:.3f}")
+        print(("ok  " if c["holds"] else "FAIL") + f" {c['claim']}: {c['measured_a']:.3f} "
+              f"{c['op']} {c['measured_b']:.3f}")
 
 
 if __name__ == "__main__":
