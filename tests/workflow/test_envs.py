@@ -37,3 +37,4 @@ def test_every_rule_names_an_env():
         shells = sum(ln.strip() == "shell:" for ln in lines)
         condas = sum(ln.strip() == "conda:" for ln in lines)
         assert shells == condas, smk.name
+

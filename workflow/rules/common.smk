@@ -21,16 +21,14 @@ TINY_WORLD_FILES = [
 
 # Every job: offline hub, optional HF_HOME. Exported here so `shell:` inherits it.
 if config["offline"]:
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    os.environ["HF_DATASETS_OFFLINE"] = "1"
-    os.environ["TRANSFORMERS_OFFLINE"] = "1"
+    os.environ.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
 if config["hf_home"]:
-    os.environ["HF_HOME"] = config["hf_home"]
+    os.environ.update(HF_HOME=config["hf_home"])
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # Jobs import the opd package from this checkout, also inside conda envs (--sdm conda).
 _src = os.path.join(workflow.basedir, "src")
-os.environ["PYTHONPATH"] = os.pathsep.join(
-    [_src] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and p != _src])
+os.environ.update(PYTHONPATH=os.pathsep.join(
+    [_src] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and p != _src]))
 
 
 def as_json(obj):

@@ -18,6 +18,7 @@ rule opd_tables:
         experiments=as_json(config["experiments"]),
         metrics=as_json(group_metrics()),
         evals=as_json(group_evals()),
+        out=lambda w, output: os.path.dirname(output.summary),
     log:
         log_path("opd_tables", "tables"),
     benchmark:
@@ -30,7 +31,7 @@ rule opd_tables:
     shell:
         "python -m opd.stages.report.opd_tables --groups {params.groups:q}"
         " --experiments {params.experiments:q} --metrics {params.metrics:q}"
-        " --evals {params.evals:q} --out {RESULTS:q}/tables > {log:q} 2>&1"
+        " --evals {params.evals:q} --out {params.out:q} > {log:q} 2>&1"
 
 
 rule opd_figures:
@@ -47,6 +48,7 @@ rule opd_figures:
         groups=as_json(config["groups"]),
         metrics=as_json(group_metrics()),
         positions=per_position_experiments(),
+        out=lambda w, output: os.path.dirname(output.groups[0]),
     log:
         log_path("opd_figures", "figures"),
     benchmark:
@@ -58,5 +60,5 @@ rule opd_figures:
         "../../envs/cpu.yaml"
     shell:
         "python -m opd.stages.report.opd_figures --groups {params.groups:q}"
-        " --metrics {params.metrics:q} --out {RESULTS:q}/figures"
+        " --metrics {params.metrics:q} --out {params.out:q}"
         " --long-horizon {params.positions:q} > {log:q} 2>&1"

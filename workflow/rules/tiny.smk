@@ -9,7 +9,7 @@ rule build_tiny_world:
         f"{TINY_WORLD_DIR}/manifest.json",
     params:
         cfg=as_json(config["tiny_world"]),
-        out=TINY_WORLD_DIR,
+        out=lambda w, output: os.path.dirname(output[0]),
     log:
         log_path("build_tiny_world", "world"),
     benchmark:
@@ -31,7 +31,7 @@ rule build_tiny_tokenizer:
         directory(f"{TINY_MODELS_DIR}/tokenizer"),
     params:
         cfg=as_json(config["tiny_models"]["tokenizer"]),
-        world=TINY_WORLD_DIR,
+        world=lambda w, input: os.path.dirname(input[0]),
     log:
         log_path("build_tiny_tokenizer", "tokenizer"),
     benchmark:
@@ -57,7 +57,7 @@ rule build_tiny_models:
         model="|".join(tiny_models()) or "__none__",
     params:
         cfg=lambda w: as_json(tiny_recipe(w)),
-        world=TINY_WORLD_DIR,
+        world=lambda w, input: os.path.dirname(input.world),
         init=lambda w, input: f"--init {shlex.quote(input.init[0])}" if input.init else "",
     log:
         log_path("build_tiny_models", "{model}"),
@@ -85,7 +85,7 @@ rule tiny_model_card:
     params:
         cfg=as_json({**config["tiny_models"]["card"], "benchmarks": config["benchmarks"],
                      "seed": config["seed"]}),
-        world=TINY_WORLD_DIR,
+        world=lambda w, input: os.path.dirname(input.world[0]),
     log:
         log_path("tiny_model_card", "{model}"),
     benchmark:
