@@ -37,7 +37,7 @@ def _status(field: str) -> int:
 
 
 def naive_loss(s_logits, t_logits, tokens, mask, variant: str, k: int = 16):
-    """Plain full-vocabulary computation (reference implementation of DESIGN.md)."""
+    """Plain full-vocabulary computation (the reference formulas of docs/design.md)."""
     import torch
 
     logp = torch.log_softmax(s_logits, dim=-1)

@@ -1,6 +1,6 @@
 """On-policy distillation objectives and mechanism metrics.
 
-Conventions (see DESIGN.md): ``student_logits[b, t]`` is the distribution from which
+Conventions (docs/design.md): ``student_logits[b, t]`` is the distribution from which
 ``tokens[b, t]`` was sampled (already shifted); p = softmax(student), q = softmax(teacher),
 both over the full vocabulary. For a support set S_t and weights w_t,
 
