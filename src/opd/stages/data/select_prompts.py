@@ -25,6 +25,7 @@ import pandas as pd
 import pyarrow as pa
 import torch
 
+from opd.core.cli import parse_stage_args
 from opd.core.data import DataError, describe, load_prompt_set
 from opd.train.engine import make_engine
 from opd.train.generation import Sampling
@@ -84,10 +85,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--student", default=None, help="score teacher minus this student")
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--stats", type=Path, required=True)
-    ap.add_argument("--params", type=json.loads, required=True)
-    ap.add_argument("--threads", type=int, default=1)
-    args = ap.parse_args(argv)
-    torch.set_num_threads(args.threads)
+    args = parse_stage_args(ap, argv, threads=1)
     kept, stats = select(args.prompts, args.teacher, args.student, args.params)
     write_parquet(args.out, pa.Table.from_pandas(kept, preserve_index=False))
     write_json(args.stats, stats)

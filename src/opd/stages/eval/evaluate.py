@@ -22,6 +22,7 @@ from typing import Any
 import pyarrow as pa
 import torch
 
+from opd.core.cli import parse_stage_args
 from opd.core.data import load_benchmark
 from opd.train.engine import make_engine
 from opd.train.generation import Completion, Sampling
@@ -68,10 +69,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--benchmark", type=json.loads, required=True, help="benchmark spec (JSON)")
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--summary", type=Path, required=True)
-    ap.add_argument("--params", type=json.loads, required=True)
-    ap.add_argument("--threads", type=int, default=1)
-    args = ap.parse_args(argv)
-    torch.set_num_threads(args.threads)
+    args = parse_stage_args(ap, argv, threads=1)
     cfg = args.params
     bench = load_benchmark(args.benchmark)
     engine, tok = make_engine(cfg["engine"], args.model, batch_size=cfg["batch_size"],

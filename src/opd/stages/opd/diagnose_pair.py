@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from opd.core.cli import parse_stage_args
 from opd.core.data import load_prompt_set
 from opd.train.generation import RolloutBatch, Sampling, sample_batch
 from opd.core.grading import is_correct
@@ -99,11 +100,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--teacher", required=True)
     ap.add_argument("--prompts", type=json.loads, required=True)
     ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--params", type=json.loads, required=True)
-    ap.add_argument("--threads", type=int, default=None)
-    args = ap.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args = parse_stage_args(ap, argv)
     report = diagnose(args)
     write_json(args.out, report)
     print(report["verdict_line"])

@@ -33,6 +33,7 @@ from accelerate import Accelerator
 from accelerate.utils import gather_object
 from tqdm import tqdm
 
+from opd.core.cli import parse_stage_args
 from opd.core.data import load_benchmark, load_prompt_set
 from opd.train.engine import resolve
 from opd.train.generation import RolloutBatch, Sampling, generate, sample_batch
@@ -392,12 +393,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--prompts", type=json.loads, required=True,
                     help="prompt set spec as JSON: {path, prompt_field, answer_field}")
     ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--params", type=json.loads, required=True)
     ap.add_argument("--benchmarks", type=json.loads, default=None)
-    ap.add_argument("--threads", type=int, default=None)
-    args = ap.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args = parse_stage_args(ap, argv)
     summary = train(args)
     if summary:
         print(json.dumps({k: summary["last"].get(k) for k in ("loss", "overlap_ratio",

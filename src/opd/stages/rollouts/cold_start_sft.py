@@ -27,6 +27,7 @@ from accelerate import Accelerator
 from tqdm import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from opd.core.cli import parse_stage_args
 from opd.core.config import typed
 from opd.core.io import atomic_dir, read_table, write_json
 from opd.train.sft import collate, encode_chat, length_grouped_batches
@@ -160,11 +161,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--model", required=True, help="base student directory or hub id")
     ap.add_argument("--data", type=Path, required=True, help="SFT parquet with 'messages'")
     ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--params", type=json.loads, required=True)
-    ap.add_argument("--threads", type=int, default=None)
-    args = ap.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args = parse_stage_args(ap, argv)
     print(json.dumps(train(args)))
 
 

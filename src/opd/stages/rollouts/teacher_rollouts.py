@@ -23,6 +23,7 @@ import pyarrow as pa
 import torch
 from tqdm import tqdm
 
+from opd.core.cli import parse_stage_args
 from opd.core.data import load_prompt_set
 from opd.train.engine import make_engine
 from opd.core.filters import FilterRules, reject_reason
@@ -131,10 +132,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--shard", type=int, required=True)
     ap.add_argument("--num-shards", type=int, required=True)
     ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--params", type=json.loads, required=True)
-    ap.add_argument("--threads", type=int, default=1)
-    args = ap.parse_args(argv)
-    torch.set_num_threads(args.threads)
+    args = parse_stage_args(ap, argv, threads=1)
     print(json.dumps({"shard": args.shard, "rows": run_shard(args)}))
 
 

@@ -30,6 +30,7 @@ from tqdm import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, Qwen3Config
 from transformers import Qwen3ForCausalLM
 
+from opd.core.cli import parse_stage_args
 from opd.core.config import typed
 from opd.core.io import atomic_dir
 from opd.core.prompts import EVAL_SUFFIX
@@ -183,11 +184,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--world", type=Path, required=True)
     ap.add_argument("--tokenizer", type=Path, required=True)
     ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--params", type=json.loads, required=True, help="model recipe as JSON")
     ap.add_argument("--init", type=Path, default=None, help="model directory to continue from")
-    ap.add_argument("--threads", type=int, default=1)
-    args = ap.parse_args(argv)
-    torch.set_num_threads(args.threads)
+    args = parse_stage_args(ap, argv, threads=1, params_help="model recipe as JSON")
     tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
     heldout = {(s, tuple(tuple(op) for op in ops))
                for s, ops in json.loads((args.world / "heldout.json").read_text())}

@@ -16,6 +16,7 @@ import pandas as pd
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from opd.core.cli import parse_stage_args
 from opd.core.data import load_benchmark
 from opd.train.generation import Sampling, generate
 from opd.core.grading import is_correct, last_boxed
@@ -75,10 +76,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--model", type=Path, required=True)
     ap.add_argument("--world", type=Path, required=True)
     ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--params", type=json.loads, required=True)
-    ap.add_argument("--threads", type=int, default=1)
-    args = ap.parse_args(argv)
-    torch.set_num_threads(args.threads)
+    args = parse_stage_args(ap, argv, threads=1)
     result = card(args.model, args.world, args.params)
     write_json(args.out, result)
     print(json.dumps({"probe": result["probe"]["accuracy"], "patterns": result["patterns"]}))
