@@ -49,11 +49,11 @@ def small_tokenizer(small_world, tmp_path_factory) -> Path:
     return out
 
 
-def schema_section(section: str, **values):
+def schema_section(name: str, **values):
     """A config section with the given values and every other key at its schema default."""
-    from opd.core.config import validate
+    from opd.core.config import section
 
-    return validate({"world": "tiny", section: values})[section]
+    return section(name, values)
 
 
 def tiny_recipe(recipe: dict) -> dict:

@@ -186,3 +186,9 @@ def with_defaults(definition: str, spec: dict[str, Any]) -> dict[str, Any]:
     if errors:
         raise ConfigError(f"{definition}: {errors[0].message}")
     return out
+
+
+def section(name: str, values: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The top-level config section ``name`` with ``values`` and every other key at its schema
+    default (validated)."""
+    return validate({"world": "tiny", name: copy.deepcopy(values or {})})[name]

@@ -5,7 +5,7 @@ A response is *incomplete* when generation hit the length limit or it has no fin
 - a line of at least 20 characters occurs 5 or more times;
 - a 100-character window occurs 3 or more times (windows taken every 10 characters);
 - in a response longer than 5,000 characters, a 50-character block occurs 3 times in a row.
-All numbers come from config (``rollouts.filters``); these are the defaults.
+All numbers come from config (``filters``); these are the schema's defaults.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
+from opd.core.config import section, typed
 from opd.core.grading import last_boxed
 
 REASONS = ("truncated", "no_boxed_answer", "repeated_line", "repeated_window", "repeated_block")
@@ -22,35 +23,37 @@ REASONS = ("truncated", "no_boxed_answer", "repeated_line", "repeated_window", "
 
 @dataclass(frozen=True)
 class FilterRules:
-    min_line_chars: int = 20
-    line_repeats: int = 5
-    window_chars: int = 100
-    window_stride: int = 10
-    window_repeats: int = 3
-    long_response_chars: int = 5000
-    block_chars: int = 50
-    block_repeats: int = 3
+    """The thresholds (config ``filters``; defaults, the official ones, in the schema)."""
+    min_line_chars: int
+    line_repeats: int
+    window_chars: int
+    window_stride: int
+    window_repeats: int
+    long_response_chars: int
+    block_chars: int
+    block_repeats: int
 
     @classmethod
-    def from_config(cls, cfg: dict[str, Any] | None) -> "FilterRules":
-        return cls(**(cfg or {}))
+    def from_config(cls, cfg: dict[str, Any] | None = None) -> "FilterRules":
+        """Rules from (part of) a ``filters`` section, the rest at the schema's defaults."""
+        return typed(cls, section("filters", cfg), "filters")
 
 
-def repeated_line(text: str, rules: FilterRules = FilterRules()) -> bool:
+def repeated_line(text: str, rules: FilterRules) -> bool:
     """A line (trailing whitespace ignored) of >= min_line_chars repeated >= line_repeats times."""
     lines = (ln.rstrip() for ln in text.splitlines())
     counts = Counter(ln for ln in lines if len(ln) >= rules.min_line_chars)
     return any(c >= rules.line_repeats for c in counts.values())
 
 
-def repeated_window(text: str, rules: FilterRules = FilterRules()) -> bool:
+def repeated_window(text: str, rules: FilterRules) -> bool:
     """A window of window_chars, sampled every window_stride characters, seen >= window_repeats times."""
     w = rules.window_chars
     counts = Counter(text[i:i + w] for i in range(0, len(text) - w + 1, rules.window_stride))
     return any(c >= rules.window_repeats for c in counts.values())
 
 
-def repeated_block(text: str, rules: FilterRules = FilterRules()) -> bool:
+def repeated_block(text: str, rules: FilterRules) -> bool:
     """In a long response, one block of block_chars repeated block_repeats times back to back."""
     if len(text) <= rules.long_response_chars:
         return False
@@ -58,7 +61,7 @@ def repeated_block(text: str, rules: FilterRules = FilterRules()) -> bool:
     return pattern.search(text) is not None
 
 
-def reject_reason(text: str, finish_reason: str, rules: FilterRules = FilterRules()) -> str | None:
+def reject_reason(text: str, finish_reason: str, rules: FilterRules) -> str | None:
     """Why a response is dropped (the first rule that fires), or None to keep it."""
     if finish_reason == "length":
         return "truncated"

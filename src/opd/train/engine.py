@@ -10,6 +10,8 @@ Two back ends behind one call, ``engine.generate(prompts, sampling)``:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import importlib.util
 import sys
 from typing import Any, Protocol
@@ -136,6 +138,14 @@ class VLLMRollouts:
         reset = getattr(self.engine.llm, "reset_prefix_cache", None)
         if reset is not None:  # cached prompt states were computed with the old weights
             reset()
+
+
+@dataclass
+class EngineParams:
+    """The generation engine settings a generating stage receives (config ``generation``)."""
+    engine: str
+    tensor_parallel_size: int
+    batch_size: int
 
 
 def make_engine(requested: str, model_path: str, *, batch_size: int = 64,

@@ -111,7 +111,8 @@ def test_select_scores_teacher_minus_student(tmp_path, monkeypatch):
     monkeypatch.setattr(select_prompts, "chat_prompt", lambda tok, text: text)
     cfg = {"engine": "transformers", "batch_size": 4, "tensor_parallel_size": 1, "seed": 0,
            "n": 4, "temperature": 0.7, "top_p": 0.95, "max_new_tokens": 8,
-           "template": "{problem}", "min_score": 0.25, "max_prompts": None}
+           "template": "{problem}", "min_score": 0.25, "max_prompts": None,
+           "prompts": "p", "teacher": "T", "student": "S"}
     kept, stats = select_prompts.select({"path": str(path)}, "T", "S", cfg)
     # teacher - student: alpha 0, beta 0.75, gamma 0.25; delta has no answer.
     assert kept["prompt"].tolist() == ["beta", "gamma"]

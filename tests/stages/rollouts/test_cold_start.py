@@ -26,7 +26,7 @@ TEMPLATE = "{problem} Please reason step by step, and put your final answer with
 ROLLOUT = {"template": TEMPLATE, "temperature": 1.0, "top_p": 1.0, "max_new_tokens": 16,
            "responses_per_prompt": 2, "chunk_prompts": 2, "retries": 1, "seed": 3,
            "engine": "transformers", "batch_size": 64, "tensor_parallel_size": 1,
-           "filters": {}}
+           "filters": {}, "teacher": "t", "prompts": "p", "shards": 1, "keep_per_prompt": 1}
 SFT = {"lr": 1e-3, "epochs": 2, "batch_size": 4, "grad_accum": 2, "warmup_ratio": 0.1,
        "max_length": 64, "checkpoint_every": 2, "seed": 0, "weight_decay": 0.0,
        "grad_clip": 1.0, "mixed_precision": "bf16"}

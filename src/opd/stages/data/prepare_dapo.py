@@ -17,11 +17,13 @@ from __future__ import annotations
 import argparse
 import json
 import random
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 
+from opd.core.config import typed
 from opd.core.data import DataError, describe, load_rows, prompt_id
 from opd.core.dedup import dapo_problem, normalise, strip_wrappers
 from opd.core.io import write_json, write_parquet
@@ -30,8 +32,17 @@ SCHEMA = pa.schema([("prompt_id", pa.string()), ("prompt", pa.string()), ("answe
                     ("row", pa.int64())])
 
 
+@dataclass
+class DapoParams:
+    """Config ``data.dapo_prompts`` with ``data.on_bad_row``."""
+    n: int | None
+    seed: int
+    on_bad_row: str
+
+
 def flatten(source: dict[str, Any], params: dict[str, Any]) -> tuple[pa.Table, dict[str, Any]]:
-    rows, skipped = load_rows(source, "dapo", params["on_bad_row"],
+    cfg = typed(DapoParams, params, "data.dapo_prompts")
+    rows, skipped = load_rows(source, "dapo", cfg.on_bad_row,
                               keep=["prompt", "reward_model"])
     seen: set[str] = set()
     unique, repeats = [], 0
@@ -47,9 +58,9 @@ def flatten(source: dict[str, Any], params: dict[str, Any]) -> tuple[pa.Table, d
     if not unique:
         raise DataError(f"{describe(source)}: no usable DAPO rows "
                         f"({len(rows)} valid, {len(skipped)} skipped as bad)")
-    n = params.get("n")
+    n = cfg.n
     if n is not None and n < len(unique):
-        unique = random.Random(params["seed"]).sample(unique, n)
+        unique = random.Random(cfg.seed).sample(unique, n)
         unique.sort(key=lambda r: r["row"])
     stats = {"rows_in": len(rows) + len(skipped), "bad_rows_skipped": len(skipped),
              "repeats_dropped": repeats, "prompts_out": len(unique)}

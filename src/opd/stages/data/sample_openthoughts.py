@@ -15,11 +15,13 @@ import argparse
 import json
 import random
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 
+from opd.core.config import typed
 from opd.core.data import load_rows, prompt_id
 from opd.core.grading import last_boxed
 from opd.core.io import write_json, write_parquet
@@ -29,11 +31,21 @@ SCHEMA = pa.schema([("prompt_id", pa.string()), ("prompt", pa.string()), ("answe
                     ("source", pa.string()), ("difficulty", pa.int64()), ("row", pa.int64())])
 
 
+@dataclass
+class SampleParams:
+    """Config ``data.openthoughts_sample`` with ``data.on_bad_row``."""
+    n: int
+    domain: str
+    seed: int
+    on_bad_row: str
+
+
 def sample(source: dict[str, Any], params: dict[str, Any]) -> tuple[pa.Table, dict[str, Any]]:
-    rows, skipped = load_rows(source, "openthoughts", params["on_bad_row"],
+    cfg = typed(SampleParams, params, "data.openthoughts_sample")
+    rows, skipped = load_rows(source, "openthoughts", cfg.on_bad_row,
                               keep=["source", "difficulty"])
     stats = {"rows_in": len(rows) + len(skipped), "bad_rows_skipped": len(skipped)}
-    math = [(i, r) for i, r in rows if r["domain"] == params["domain"]]
+    math = [(i, r) for i, r in rows if r["domain"] == cfg.domain]
     seen, unique, empty, dups = set(), [], 0, 0
     for i, r in math:
         turns = [t["value"] for t in r["conversations"] if t["from"] in USER_ROLES]
@@ -51,11 +63,11 @@ def sample(source: dict[str, Any], params: dict[str, Any]) -> tuple[pa.Table, di
                        "answer": last_boxed(replies[-1]) if replies else None,
                        "source": r.get("source") or "", "difficulty": int(r.get("difficulty") or 0),
                        "row": i})
-    n = min(params["n"], len(unique))
-    picked = random.Random(params["seed"]).sample(unique, n)
+    n = min(cfg.n, len(unique))
+    picked = random.Random(cfg.seed).sample(unique, n)
     stats.update({"math_rows": len(math), "empty_dropped": empty, "duplicates_dropped": dups,
-                  "unique_prompts": len(unique), "requested": params["n"], "sampled": n,
-                  "seed": params["seed"]})
+                  "unique_prompts": len(unique), "requested": cfg.n, "sampled": n,
+                  "seed": cfg.seed})
     return pa.Table.from_pylist(picked, schema=SCHEMA), stats
 
 

@@ -18,29 +18,47 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import pyarrow as pa
-import torch
 
 from opd.core.cli import parse_stage_args
+from opd.core.config import typed
 from opd.core.data import DataError, describe, load_prompt_set
-from opd.train.engine import make_engine
+from opd.train.engine import EngineParams, make_engine
 from opd.train.generation import Sampling
 from opd.core.grading import is_correct
 from opd.core.io import write_json, write_parquet
 from opd.core.prompts import apply_template, chat_prompt
 
 
-def accuracy(model: str, prompts: pd.DataFrame, cfg: dict[str, Any]) -> list[float]:
-    """Mean correctness of ``cfg['n']`` samples per prompt."""
-    engine, tok = make_engine(cfg["engine"], model, batch_size=cfg["batch_size"],
-                              tensor_parallel_size=cfg["tensor_parallel_size"], seed=cfg["seed"])
-    sampling = Sampling(max_new_tokens=cfg["max_new_tokens"], temperature=cfg["temperature"],
-                        top_p=cfg["top_p"], n=cfg["n"], seed=cfg["seed"])
-    texts = [chat_prompt(tok, apply_template(cfg["template"], p)) for p in prompts["prompt"]]
+@dataclass
+class SelectionParams(EngineParams):
+    """A selection (config ``prompt_selection.<name>``, template resolved) with the generation
+    engine; every default comes from the config schema."""
+    prompts: str
+    teacher: str
+    student: str | None
+    template: str
+    n: int
+    temperature: float
+    top_p: float
+    max_new_tokens: int
+    min_score: float
+    max_prompts: int | None
+    seed: int
+
+
+def accuracy(model: str, prompts: pd.DataFrame, cfg: SelectionParams) -> list[float]:
+    """Mean correctness of ``cfg.n`` samples per prompt."""
+    engine, tok = make_engine(cfg.engine, model, batch_size=cfg.batch_size,
+                              tensor_parallel_size=cfg.tensor_parallel_size, seed=cfg.seed)
+    sampling = Sampling(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
+                        top_p=cfg.top_p, n=cfg.n, seed=cfg.seed)
+    texts = [chat_prompt(tok, apply_template(cfg.template, p)) for p in prompts["prompt"]]
     completions = engine.generate(texts, sampling)
     return [sum(is_correct(c.text, gold) for c in cs) / len(cs)
             for cs, gold in zip(completions, prompts["answer"])]
@@ -54,7 +72,8 @@ def rank(scored: pd.DataFrame, min_score: float, max_prompts: int | None) -> pd.
 
 
 def select(spec: dict[str, Any], teacher: str, student: str | None,
-           cfg: dict[str, Any]) -> tuple[pd.DataFrame, dict[str, Any]]:
+           params: dict[str, Any]) -> tuple[pd.DataFrame, dict[str, Any]]:
+    cfg = typed(SelectionParams, params, "prompt_selection")
     prompts = load_prompt_set(spec)
     graded = prompts[prompts["answer"].notna()].reset_index(drop=True)
     if graded.empty:
@@ -64,9 +83,9 @@ def select(spec: dict[str, Any], teacher: str, student: str | None,
     if student is not None:
         graded["student_accuracy"] = accuracy(student, graded, cfg)
         graded["score"] = graded["teacher_accuracy"] - graded["student_accuracy"]
-    kept = rank(graded, cfg["min_score"], cfg.get("max_prompts"))
+    kept = rank(graded, cfg.min_score, cfg.max_prompts)
     if kept.empty:
-        raise DataError(f"{describe(spec)}: no prompt reaches score {cfg['min_score']} "
+        raise DataError(f"{describe(spec)}: no prompt reaches score {cfg.min_score} "
                         f"(best {graded['score'].max():.3f}); lower select.min_score")
     stats = {"prompts_in": int(len(prompts)), "without_answer": int(len(prompts) - len(graded)),
              "kept": int(len(kept)), "score": "teacher - student" if student else "teacher",

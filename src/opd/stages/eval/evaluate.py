@@ -16,15 +16,16 @@ from __future__ import annotations
 import argparse
 import json
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import torch
 
 from opd.core.cli import parse_stage_args
+from opd.core.config import typed
 from opd.core.data import load_benchmark
-from opd.train.engine import make_engine
+from opd.train.engine import EngineParams, make_engine
 from opd.train.generation import Completion, Sampling
 from opd.core.grading import is_correct, last_boxed
 from opd.core.io import write_json, write_parquet
@@ -63,6 +64,18 @@ def summarise(correct: list[list[bool]], completions: list[list[Completion]],
     return out
 
 
+@dataclass
+class EvalParams(EngineParams):
+    """Config ``evaluation`` (less its model list, template resolved) and ``generation``."""
+    n: int
+    temperature: float
+    top_p: float
+    max_new_tokens: int
+    template: str
+    seed: int
+    patterns: bool
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", required=True, help="model directory or hub id")
@@ -70,18 +83,18 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--summary", type=Path, required=True)
     args = parse_stage_args(ap, argv, threads=1)
-    cfg = args.params
+    cfg = typed(EvalParams, args.params, "evaluation")
     bench = load_benchmark(args.benchmark)
-    engine, tok = make_engine(cfg["engine"], args.model, batch_size=cfg["batch_size"],
-                              tensor_parallel_size=cfg["tensor_parallel_size"], seed=cfg["seed"])
-    sampling = Sampling(max_new_tokens=cfg["max_new_tokens"], temperature=cfg["temperature"],
-                        top_p=cfg["top_p"], n=cfg["n"], seed=cfg["seed"])
-    prompts = [chat_prompt(tok, apply_template(cfg["template"], p)) for p in bench["problem"]]
+    engine, tok = make_engine(cfg.engine, args.model, batch_size=cfg.batch_size,
+                              tensor_parallel_size=cfg.tensor_parallel_size, seed=cfg.seed)
+    sampling = Sampling(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
+                        top_p=cfg.top_p, n=cfg.n, seed=cfg.seed)
+    prompts = [chat_prompt(tok, apply_template(cfg.template, p)) for p in bench["problem"]]
     completions = engine.generate(prompts, sampling)
     correct = [[is_correct(c.text, gold) for c in cs]
                for cs, gold in zip(completions, bench["answer"])]
     patterns = None
-    if cfg.get("patterns"):
+    if cfg.patterns:
         from opd.tiny.problems import detect_pattern
         patterns = [[detect_pattern(c.text) for c in cs] for cs in completions]
     rows = [{"problem": i, "sample": j, "response": c.text, "finish_reason": c.finish_reason,

@@ -20,12 +20,14 @@ import argparse
 import json
 import math
 import random
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from opd.core.cli import parse_stage_args
+from opd.core.config import typed
 from opd.core.data import load_prompt_set
 from opd.train.generation import RolloutBatch, Sampling, sample_batch
 from opd.core.grading import is_correct
@@ -44,25 +46,42 @@ def accuracy_by_prompt(batch: RolloutBatch, answers: list[str | None], n: int) -
     return out
 
 
+@dataclass
+class DiagnoseParams:
+    """Config ``diagnose`` with the experiment's seed, template and OPD sampling settings;
+    every default comes from the config schema."""
+    n_prompts: int
+    responses_per_prompt: int
+    min_overlap: float
+    min_new_capability: float
+    seed: int
+    template: str
+    max_response_tokens: int
+    temperature: float
+    teacher_temperature: float
+    top_k: int
+    chunk_size: int | None
+
+
 @torch.no_grad()
 def diagnose(args: argparse.Namespace) -> dict[str, Any]:
-    cfg = args.params
-    torch.manual_seed(cfg["seed"])
+    cfg = typed(DiagnoseParams, args.params, "diagnose")
+    torch.manual_seed(cfg.seed)
     tok, student, teacher = load_pair(args.student, args.teacher)
     student.eval()
     prompts = load_prompt_set(args.prompts)
-    picks = sorted(random.Random(cfg["seed"]).sample(range(len(prompts)),
-                                                     min(cfg["n_prompts"], len(prompts))))
-    rows, n = prompts.iloc[picks], cfg["responses_per_prompt"]
-    texts = [chat_prompt(tok, apply_template(cfg["template"], p)) for p in rows["prompt"]]
+    picks = sorted(random.Random(cfg.seed).sample(range(len(prompts)),
+                                                     min(cfg.n_prompts, len(prompts))))
+    rows, n = prompts.iloc[picks], cfg.responses_per_prompt
+    texts = [chat_prompt(tok, apply_template(cfg.template, p)) for p in rows["prompt"]]
     flat = [t for t in texts for _ in range(n)]
-    sampling = Sampling(max_new_tokens=cfg["max_response_tokens"], temperature=cfg["temperature"],
-                        seed=cfg["seed"])
+    sampling = Sampling(max_new_tokens=cfg.max_response_tokens, temperature=cfg.temperature,
+                        seed=cfg.seed)
     s_batch = sample_batch(student, tok, flat, sampling)
     _, metrics = opd_loss(response_logits(student, s_batch),
-                          response_logits(teacher, s_batch) / cfg["teacher_temperature"],
+                          response_logits(teacher, s_batch) / cfg.teacher_temperature,
                           s_batch.response_ids, s_batch.response_mask, variant="topk",
-                          top_k=cfg["top_k"], chunk_size=cfg["chunk_size"])
+                          top_k=cfg.top_k, chunk_size=cfg.chunk_size)
     t_batch = sample_batch(teacher, tok, flat, sampling)
     answers = list(rows["answer"])
     s_ok, t_ok = accuracy_by_prompt(s_batch, answers, n), accuracy_by_prompt(t_batch, answers, n)
@@ -76,13 +95,13 @@ def diagnose(args: argparse.Namespace) -> dict[str, Any]:
         "teacher_solved": sum(t for _, t in graded) / len(graded) if graded else None,
         "student_unsolved_prompts": len(unsolved),
         "teacher_on_student_unsolved": sum(unsolved) / len(unsolved) if unsolved else None,
-        "thresholds": {"min_overlap": cfg["min_overlap"],
-                       "min_new_capability": cfg["min_new_capability"]},
+        "thresholds": {"min_overlap": cfg.min_overlap,
+                       "min_new_capability": cfg.min_new_capability},
     }
     new_cap = report["teacher_on_student_unsolved"]
-    if math.isnan(report["overlap_ratio"]) or report["overlap_ratio"] < cfg["min_overlap"]:
+    if math.isnan(report["overlap_ratio"]) or report["overlap_ratio"] < cfg.min_overlap:
         verdict = "thinking-pattern mismatch"
-    elif new_cap is not None and new_cap < cfg["min_new_capability"]:
+    elif new_cap is not None and new_cap < cfg.min_new_capability:
         verdict = "no new capability"
     else:
         verdict = "compatible"

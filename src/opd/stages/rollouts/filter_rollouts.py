@@ -14,12 +14,14 @@ from __future__ import annotations
 import argparse
 import json
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import pyarrow as pa
 
+from opd.core.config import typed
 from opd.core.filters import REASONS, FilterRules, reject_reason
 from opd.core.io import read_table, write_json, write_parquet
 from opd.core.prompts import apply_template
@@ -28,8 +30,17 @@ MESSAGE = pa.struct([("role", pa.string()), ("content", pa.string())])
 SFT_SCHEMA = pa.schema([("prompt_id", pa.int64()), ("messages", pa.list_(MESSAGE))])
 
 
-def filter_rows(df: pd.DataFrame, cfg: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    rules = FilterRules.from_config(cfg.get("filters"))
+@dataclass
+class FilterParams:
+    """The rollout set's template and keep count, and the filters (config ``filters``)."""
+    template: str
+    keep_per_prompt: int
+    filters: dict[str, int]
+
+
+def filter_rows(df: pd.DataFrame, params: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    cfg = typed(FilterParams, params, "filter_rollouts")
+    rules = FilterRules.from_config(cfg.filters)
     df = df.sort_values(["prompt_id", "attempt", "sample"], kind="stable")
     outcome: Counter[str] = Counter()
     kept: list[dict[str, Any]] = []
@@ -37,9 +48,9 @@ def filter_rows(df: pd.DataFrame, cfg: dict[str, Any]) -> tuple[list[dict[str, A
     for row in df.itertuples(index=False):
         why = reject_reason(row.response, row.finish_reason, rules)
         outcome[why or "kept"] += 1
-        if why is None and per_prompt[row.prompt_id] < cfg["keep_per_prompt"]:
+        if why is None and per_prompt[row.prompt_id] < cfg.keep_per_prompt:
             per_prompt[row.prompt_id] += 1
-            user = apply_template(cfg["template"], row.prompt)
+            user = apply_template(cfg.template, row.prompt)
             kept.append({"prompt_id": int(row.prompt_id),
                          "messages": [{"role": "user", "content": user},
                                       {"role": "assistant", "content": row.response}]})

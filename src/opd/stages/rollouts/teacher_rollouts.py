@@ -16,16 +16,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import torch
 from tqdm import tqdm
 
 from opd.core.cli import parse_stage_args
+from opd.core.config import typed
 from opd.core.data import load_prompt_set
-from opd.train.engine import make_engine
+from opd.train.engine import EngineParams, make_engine
 from opd.core.filters import FilterRules, reject_reason
 from opd.train.generation import Sampling
 from opd.core.io import write_parquet
@@ -64,19 +65,38 @@ def read_partial(path: Path) -> dict[int, list[dict[str, Any]]]:
     return done
 
 
+@dataclass
+class RolloutParams(EngineParams):
+    """A rollout set (config ``rollouts.<name>``, template resolved) with the generation
+    engine and the filters; every default comes from the config schema."""
+    teacher: str
+    prompts: str
+    template: str
+    shards: int
+    responses_per_prompt: int
+    temperature: float
+    top_p: float
+    max_new_tokens: int
+    chunk_prompts: int
+    retries: int
+    keep_per_prompt: int
+    seed: int
+    filters: dict[str, int]
+
+
 def rollout_chunk(engine: Any, tok: Any, rows: list[tuple[int, str, str | None]],
-                  cfg: dict[str, Any], shard: int, chunk: int) -> list[dict[str, Any]]:
+                  cfg: RolloutParams, shard: int, chunk: int) -> list[dict[str, Any]]:
     """Responses for one chunk of (prompt id, problem, answer), retrying rejected prompts."""
-    rules = FilterRules.from_config(cfg.get("filters"))
+    rules = FilterRules.from_config(cfg.filters)
     out: list[dict[str, Any]] = []
     pending = rows
-    for attempt in range(cfg["retries"] + 1):
+    for attempt in range(cfg.retries + 1):
         if not pending:
             break
-        seed = chunk_seed(cfg["seed"], shard, chunk, attempt)
-        sampling = Sampling(max_new_tokens=cfg["max_new_tokens"], temperature=cfg["temperature"],
-                            top_p=cfg["top_p"], n=cfg["responses_per_prompt"], seed=seed)
-        prompts = [chat_prompt(tok, apply_template(cfg["template"], p)) for _, p, _ in pending]
+        seed = chunk_seed(cfg.seed, shard, chunk, attempt)
+        sampling = Sampling(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
+                            top_p=cfg.top_p, n=cfg.responses_per_prompt, seed=seed)
+        prompts = [chat_prompt(tok, apply_template(cfg.template, p)) for _, p, _ in pending]
         results = engine.generate(prompts, sampling, progress=False)
         retry = []
         for (pid, problem, answer), completions in zip(pending, results):
@@ -94,10 +114,10 @@ def rollout_chunk(engine: Any, tok: Any, rows: list[tuple[int, str, str | None]]
 
 
 def run_shard(args: argparse.Namespace) -> int:
-    cfg = args.params
+    cfg = typed(RolloutParams, args.params, "rollouts")
     prompts = load_prompt_set(args.prompts)
     ids = shard_indices(len(prompts), args.shard, args.num_shards)
-    size = cfg["chunk_prompts"]
+    size = cfg.chunk_prompts
     chunks = [ids[i:i + size] for i in range(0, len(ids), size)]
     partial = args.out.with_name(args.out.name + ".partial.jsonl")
     partial.parent.mkdir(parents=True, exist_ok=True)
@@ -107,8 +127,8 @@ def run_shard(args: argparse.Namespace) -> int:
         # rewrite without a possibly torn last line before appending
         partial.write_text("".join(json.dumps({"chunk": c, "rows": r}) + "\n"
                                    for c, r in sorted(done.items())))
-    engine, tok = make_engine(cfg["engine"], args.model, batch_size=cfg["batch_size"],
-                              tensor_parallel_size=cfg["tensor_parallel_size"], seed=cfg["seed"])
+    engine, tok = make_engine(cfg.engine, args.model, batch_size=cfg.batch_size,
+                              tensor_parallel_size=cfg.tensor_parallel_size, seed=cfg.seed)
     with partial.open("a") as fh:
         for c in tqdm(range(len(chunks)), desc=f"shard {args.shard}", initial=0):
             if c in done:

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerFast
 
+from opd.core.config import typed
 from opd.core.io import atomic_dir, read_table
 from opd.core.prompts import EVAL_SUFFIX
 from opd.core.schemas import DAPO_PREFIX, DAPO_SUFFIX
@@ -91,13 +93,19 @@ def train_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFas
     return fast
 
 
+@dataclass
+class TokenizerParams:
+    """Config ``tiny_models.tokenizer``."""
+    vocab_size: int
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--world", type=Path, required=True, help="tiny world directory")
     ap.add_argument("--out", type=Path, required=True, help="tokenizer directory to write")
     ap.add_argument("--params", type=json.loads, required=True, help="tiny_models.tokenizer config")
     args = ap.parse_args(argv)
-    tokenizer = train_tokenizer(corpus_texts(args.world), args.params["vocab_size"])
+    tokenizer = train_tokenizer(corpus_texts(args.world), typed(TokenizerParams, args.params, "tiny_models.tokenizer").vocab_size)
     with atomic_dir(args.out) as tmp:
         tokenizer.save_pretrained(tmp)
     print(f"tokenizer: {len(tokenizer)} tokens -> {args.out}")

@@ -19,11 +19,13 @@ import argparse
 import json
 import random
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 
+from opd.core.config import typed
 from opd.core import schemas
 from opd.core.io import write_json, write_parquet
 from opd.core.prompts import EVAL_SUFFIX
@@ -196,23 +198,39 @@ def build_probe(w: World, per_level: int) -> pa.Table:
     return pa.Table.from_pylist(rows, schema=schema)
 
 
+@dataclass
+class WorldParams:
+    """Config ``tiny_world``: dataset sizes, planted duplicates, probe and benchmark sizes."""
+    seed: int
+    openthoughts_math: int
+    openthoughts_nonmath: int
+    openthoughts_duplicates: int
+    dapo: int
+    deepmath: int
+    deepmath_exact_dups: int
+    deepmath_paraphrase_dups: int
+    probe_per_level: int
+    benchmarks: dict[str, int]
+
+
 def build(out: Path, params: dict[str, Any]) -> dict[str, int]:
-    w = World(params["seed"])
+    cfg = typed(WorldParams, params, "tiny_world")
+    w = World(cfg.seed)
     # Held-out sets first, so their problems are never reused by the training-like sets.
-    benches = build_benchmarks(w, params["benchmarks"])
-    probe = build_probe(w, params["probe_per_level"])
-    ot = build_openthoughts(w, params["openthoughts_math"], params["openthoughts_nonmath"],
-                            params["openthoughts_duplicates"])
-    dapo, dapo_items = build_dapo(w, params["dapo"])
-    deep, planted = build_deepmath(w, params["deepmath"], params["deepmath_exact_dups"],
-                                   params["deepmath_paraphrase_dups"], dapo_items)
+    benches = build_benchmarks(w, cfg.benchmarks)
+    probe = build_probe(w, cfg.probe_per_level)
+    ot = build_openthoughts(w, cfg.openthoughts_math, cfg.openthoughts_nonmath,
+                            cfg.openthoughts_duplicates)
+    dapo, dapo_items = build_dapo(w, cfg.dapo)
+    deep, planted = build_deepmath(w, cfg.deepmath, cfg.deepmath_exact_dups,
+                                   cfg.deepmath_paraphrase_dups, dapo_items)
     tables = {"openthoughts": ot, "dapo": dapo, "deepmath": deep, "deepmath_planted": planted,
               "probe": probe, **benches}
     for name, table in tables.items():
         write_parquet(out / f"{name}.parquet", table)
     write_json(out / "heldout.json", sorted([s, [list(op) for op in ops]] for s, ops in w.reserved))
     counts = {name: t.num_rows for name, t in tables.items()}
-    write_json(out / "manifest.json", {"seed": params["seed"], "rows": counts})
+    write_json(out / "manifest.json", {"seed": cfg.seed, "rows": counts})
     return counts
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from opd.core.cli import parse_stage_args
+from opd.core.config import typed
 from opd.core.data import load_benchmark
 from opd.train.generation import Sampling, generate
 from opd.core.grading import is_correct, last_boxed
@@ -25,12 +27,21 @@ from opd.core.prompts import EVAL_SUFFIX, chat_prompt
 from opd.tiny.problems import detect_pattern
 
 
-def score(model: Any, tokenizer: Any, problems: pd.DataFrame, params: dict[str, Any]) -> pd.DataFrame:
+@dataclass
+class CardParams:
+    """Config ``tiny_models.card`` with the benchmarks and the seed."""
+    max_new_tokens: int
+    batch_size: int
+    benchmarks: dict[str, dict[str, Any]]
+    seed: int
+
+
+def score(model: Any, tokenizer: Any, problems: pd.DataFrame, params: CardParams) -> pd.DataFrame:
     """Greedy responses to ``problems`` with correctness, pattern and length per row."""
     prompts = [chat_prompt(tokenizer, p + EVAL_SUFFIX) for p in problems["problem"]]
-    sampling = Sampling(max_new_tokens=params["max_new_tokens"], temperature=0.0,
-                        seed=params["seed"])
-    outs = [c[0] for c in generate(model, tokenizer, prompts, sampling, params["batch_size"])]
+    sampling = Sampling(max_new_tokens=params.max_new_tokens, temperature=0.0,
+                        seed=params.seed)
+    outs = [c[0] for c in generate(model, tokenizer, prompts, sampling, params.batch_size)]
     df = problems.copy()
     df["response"] = [o.text for o in outs]
     df["correct"] = [is_correct(o.text, a) for o, a in zip(outs, df["answer"])]
@@ -46,7 +57,8 @@ def summarise(df: pd.DataFrame) -> dict[str, Any]:
             "mean_response_tokens": round(float(df["tokens"].mean()), 2)}
 
 
-def card(model_dir: Path, world: Path, params: dict[str, Any]) -> dict[str, Any]:
+def card(model_dir: Path, world: Path, settings: dict[str, Any]) -> dict[str, Any]:
+    params = typed(CardParams, settings, "tiny_models.card")
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32,
                                                  trust_remote_code=False).eval()
@@ -66,7 +78,7 @@ def card(model_dir: Path, world: Path, params: dict[str, Any]) -> dict[str, Any]
         "benchmarks": {},
         "decoding": "greedy",
     }
-    for name, spec in params["benchmarks"].items():
+    for name, spec in params.benchmarks.items():
         out["benchmarks"][name] = summarise(score(model, tokenizer, load_benchmark(spec), params))
     return out
 
