@@ -131,3 +131,32 @@ def test_claims_follow_one_tolerance_rule(tiny, claim, message):
         claims[0].update(claim)
         with pytest.raises(ConfigError, match=message):
             validate(cfg)
+
+
+def test_numbers_given_as_strings_are_read_as_numbers(tiny):
+    cfg = copy.deepcopy(tiny)
+    cfg["opd"]["lr"] = "3e-4"                       # YAML 1.1 reads 3e-4 (no dot) as a string
+    cfg["opd"]["top_k"] = "8"                        # nested --config overrides are strings
+    cfg["tiny_world"]["dapo"] = " 12 "
+    first = next(iter(cfg["experiments"]))
+    cfg["experiments"][first].setdefault("opd", {})["lr"] = "0.001"
+    out = validate(cfg)
+    assert out["opd"]["lr"] == 3e-4 and isinstance(out["opd"]["lr"], float)
+    assert out["opd"]["top_k"] == 8 and isinstance(out["opd"]["top_k"], int)
+    assert out["tiny_world"]["dapo"] == 12
+    assert out["experiments"][first]["opd"]["lr"] == 0.001
+
+
+@pytest.mark.parametrize("key, value", [("lr", "fast"), ("top_k", "2.5")])
+def test_a_string_that_is_no_number_is_refused_with_a_hint(tiny, key, value):
+    cfg = copy.deepcopy(tiny)
+    cfg["opd"][key] = value
+    with pytest.raises(ConfigError, match=rf"opd\.{key}: .*write a number"):
+        validate(cfg)
+
+
+def test_readme_override_examples_pass_the_dry_run(tmp_path):
+    work = copy_workflow(tmp_path)
+    for override in (["seed=1"], ["opd={lr: 0.001}"], ["opd={lr: 3e-4, top_k: 8}"]):
+        proc = run_snakemake(["-n", "--quiet", "--config", *override], work)
+        assert proc.returncode == 0, (override, proc.stderr[-2000:])

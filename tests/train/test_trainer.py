@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 
 import pytest
 import torch
@@ -44,30 +45,85 @@ def _save(ckpt, step, log, value):
               state={"data_position": step * 2})
 
 
-def test_checkpoint_resumes_only_its_own_run(tmp_path):
-    log = tmp_path / "log.jsonl"
-    log.write_text('{"step": 0}\n')
+@pytest.fixture()
+def log(tmp_path):
+    path = tmp_path / "log.jsonl"
+    path.write_text('{"step": 0}\n')
+    return path
+
+
+def test_checkpoint_resumes_only_its_own_run(tmp_path, log, capsys):
     ckpt = Checkpoint(tmp_path / "ckpt", {"lr": 1})
     assert ckpt.find() is None
     _save(ckpt, 1, log, 1.0)
     state = ckpt.find()
-    assert state["step"] == 1 and state["data_position"] == 2
+    assert state["step"] == 1 and state["data_position"] == 2 and ckpt.current == ckpt.path
     assert ckpt.log_text() == '{"step": 0}\n'
-    assert not ckpt.tmp.exists() and not ckpt.old.exists()
+    assert not ckpt.tmp.exists() and not ckpt.prev.exists()
     other = Checkpoint(tmp_path / "ckpt", {"lr": 2})
     assert other.find() is None and not (tmp_path / "ckpt").exists()  # set aside
+    assert "checkpoint of another run" in capsys.readouterr().out
 
 
-def test_interrupted_swap_keeps_the_previous_checkpoint(tmp_path):
-    log = tmp_path / "log.jsonl"
-    log.write_text("")
+def test_rotation_keeps_the_previous_checkpoint_until_the_next_is_complete(tmp_path, log):
     ckpt = Checkpoint(tmp_path / "ckpt", {"a": 1})
     _save(ckpt, 1, log, 1.0)
-    # a kill between moving the old checkpoint aside and renaming the new one in
-    ckpt.path.rename(ckpt.old)
+    _save(ckpt, 2, log, 2.0)
+    assert json.loads((ckpt.prev / "state.json").read_text())["step"] == 1
+    # a kill inside the rotation of step 3: the newest moved aside, the new one not yet in
+    shutil.rmtree(ckpt.prev)
+    ckpt.path.rename(ckpt.prev)
+    ckpt.tmp.mkdir()
     state = ckpt.find()
-    assert state["step"] == 1 and ckpt.path.exists() and not ckpt.old.exists()
-    assert torch.load(ckpt.path / "w.pt", weights_only=True)["v"] == 1.0
+    assert state["step"] == 2 and ckpt.current == ckpt.prev
+    assert torch.load(ckpt.current / "w.pt", weights_only=True)["v"] == 2.0
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip", "remove", "state"])
+def test_a_corrupt_newest_checkpoint_falls_back_to_the_previous(tmp_path, log, capsys, damage):
+    ckpt = Checkpoint(tmp_path / "ckpt", {"a": 1})
+    _save(ckpt, 1, log, 1.0)
+    _save(ckpt, 2, log, 2.0)
+    weights = ckpt.path / "w.pt"
+    if damage == "truncate":
+        weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    elif damage == "flip":
+        data = bytearray(weights.read_bytes())
+        data[-1] ^= 0xFF
+        weights.write_bytes(bytes(data))
+    elif damage == "remove":
+        weights.unlink()
+    else:
+        (ckpt.path / "state.json").write_text('{"step": 2, "ident')
+    state = ckpt.find()
+    assert state["step"] == 1 and ckpt.current == ckpt.prev
+    out = capsys.readouterr().out
+    assert f"{ckpt.path}: corrupt checkpoint" in out
+    assert not ckpt.path.exists()  # set aside: the next save starts clean
+    # both corrupt: start afresh
+    (ckpt.prev / "w.pt").unlink()
+    assert ckpt.find() is None
+
+
+def test_finished_runs_leave_no_checkpoint(tmp_path, log):
+    ckpt = Checkpoint(tmp_path / "ckpt", {"a": 1})
+    _save(ckpt, 1, log, 1.0)
+    _save(ckpt, 2, log, 2.0)
+    ckpt.remove()
+    assert not any(p.exists() for p in (ckpt.path, ckpt.prev, ckpt.tmp))
+    assert ckpt.find() is None
+
+
+def test_identity_follows_input_content(tmp_path):
+    from opd.train.trainer import fingerprint, run_identity
+
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m/w.bin").write_bytes(b"abc")
+    a = run_identity({"lr": 1}, {"model": tmp_path / "m"})
+    assert a == run_identity({"lr": 1}, {"model": tmp_path / "m"})
+    (tmp_path / "m/w.bin").write_bytes(b"abd")      # same path, other weights
+    assert run_identity({"lr": 1}, {"model": tmp_path / "m"}) != a
+    assert fingerprint("org/model") == "not on disk: org/model"
 
 
 def test_run_log_writes_lines_and_resumes_from_the_checkpoint_copy(tmp_path):

@@ -53,16 +53,57 @@ def _key(error: jsonschema.ValidationError) -> str:
     return path or "<top level>"
 
 
+def _as_number(text: str, types: list[str]) -> int | float | None:
+    """``text`` as the schema's numeric type, or None when it is not one ("3e-4" -> 0.0003)."""
+    try:
+        value = float(text.strip())
+    except ValueError:
+        return None
+    if "integer" in types and value.is_integer() and "e" not in text.lower() \
+            and "." not in text:
+        return int(value)
+    return value if "number" in types else None
+
+
+def coerce_numbers(instance: Any, validator: Any) -> None:
+    """Numbers given as strings, where the schema wants a number: nested ``--config``
+    overrides arrive as strings, and YAML 1.1 reads ``3e-4`` (no dot) as a string. Each
+    is replaced in place by its value; a string that does not parse is left to the
+    validator's error."""
+    for _ in range(100):  # a fixed point: each pass may reveal defaults holding more strings
+        changed = False
+        for err in validator.iter_errors(instance):
+            types = err.validator_value if isinstance(err.validator_value, list) \
+                else [err.validator_value]
+            if err.validator != "type" or not isinstance(err.instance, str) \
+                    or not {"number", "integer"} & set(types):
+                continue
+            value = _as_number(err.instance, types)
+            if value is None or not err.absolute_path:
+                continue
+            parent = instance
+            for key in list(err.absolute_path)[:-1]:
+                parent = parent[key]
+            parent[err.absolute_path[-1]] = value
+            changed = True
+        if not changed:
+            return
+
+
 def validate(config: dict[str, Any], schema: dict[str, Any] | None = None) -> dict[str, Any]:
     """Fill defaults into ``config`` in place and return it; raise ConfigError if invalid."""
     schema = schema or load_schema()
     cls = _with_defaults(jsonschema.validators.validator_for(schema))
+    coerce_numbers(config, cls(schema))
     errors = sorted(cls(schema).iter_errors(config), key=lambda e: list(e.absolute_path))
     if errors:
         lines = []
         for e in errors:
             if e.validator == "additionalProperties":
                 lines.append(f"{_key(e)}: unknown key (not in the config schema)")
+            elif e.validator == "type" and isinstance(e.instance, str):
+                lines.append(f"{_key(e)}: {e.message} (write a number such as 0.0003 or "
+                             "3.0e-4, without quotes)")
             else:
                 lines.append(f"{_key(e)}: {e.message}")
         raise ConfigError("invalid config:\n  " + "\n  ".join(lines))
@@ -81,6 +122,7 @@ def _check_references(config: dict[str, Any]) -> None:
                               ("prompts", "prompt_sets"), ("template", "templates")):
             if exp[key] not in config.get(registry, {}):
                 raise ConfigError(f"{where}.{key}: unknown {registry} entry {exp[key]!r}")
+        coerce_numbers(exp.get("opd", {}), opd_validator)
         merged = {**config.get("opd", {}), **exp.get("opd", {})}
         for err in opd_validator.iter_errors(merged):
             key = ".".join(str(p) for p in err.absolute_path)

@@ -35,10 +35,15 @@ def _read_local(path: Path, columns: list[str] | None = None) -> Iterator[dict[s
     if not path.exists():
         raise DataError(f"{path}: no such file")
     if path.suffix == ".parquet":
-        pf = pq.ParquetFile(path)
-        if columns is not None:  # a missing column is reported per row by load_rows
-            columns = [c for c in columns if c in pf.schema_arrow.names]
-        for batch in pf.iter_batches(batch_size=4096, columns=columns):
+        try:
+            pf = pq.ParquetFile(path)
+            if columns is not None:  # a missing column is reported per row by load_rows
+                columns = [c for c in columns if c in pf.schema_arrow.names]
+            batches = list(pf.iter_batches(batch_size=4096, columns=columns))
+        except (pa.ArrowException, OSError) as err:
+            raise DataError(f"{path}: cannot be read as parquet ({type(err).__name__}: {err})"
+                            ) from None
+        for batch in batches:
             yield from batch.to_pylist()
     elif path.suffix == ".jsonl":
         with path.open("rb") as fh:

@@ -16,6 +16,30 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def publish(path: Path | str) -> None:
+    """Give a file (or a directory tree) the permissions the umask allows, as ``open`` and
+    ``mkdir`` would: temporary files are created owner-only, outputs are shared with the
+    group (and others) as the user's umask says."""
+    path = Path(path)
+    mask = _umask()
+    if path.is_dir():
+        os.chmod(path, 0o777 & ~mask)
+        for sub in path.rglob("*"):
+            os.chmod(sub, (0o777 if sub.is_dir() else 0o666) & ~mask)
+    else:
+        os.chmod(path, 0o666 & ~mask)
+
+
+class UnreadableFile(ValueError):
+    """An input file that exists but cannot be parsed; the message names it."""
+
+
 @contextlib.contextmanager
 def atomic_path(path: Path | str) -> Iterator[Path]:
     """Yield a temporary sibling path; rename it onto ``path`` only if the block succeeds."""
@@ -25,6 +49,7 @@ def atomic_path(path: Path | str) -> Iterator[Path]:
     os.close(fd)
     try:
         yield Path(tmp)
+        publish(tmp)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -39,6 +64,7 @@ def atomic_dir(path: Path | str) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         yield tmp
+        publish(tmp)
         if path.exists():
             shutil.rmtree(path)
         os.replace(tmp, path)
@@ -69,8 +95,12 @@ def read_table(path: Path | str) -> pd.DataFrame:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file")
-    if path.suffix == ".parquet":
-        return pq.read_table(path).to_pandas()
-    if path.suffix in (".jsonl", ".json"):
+    if path.suffix not in (".parquet", ".jsonl", ".json"):
+        raise ValueError(f"{path}: unsupported table format (expected .parquet or .jsonl)")
+    try:
+        if path.suffix == ".parquet":
+            return pq.read_table(path).to_pandas()
         return pd.read_json(path, lines=path.suffix == ".jsonl")
-    raise ValueError(f"{path}: unsupported table format (expected .parquet or .jsonl)")
+    except (pa.ArrowException, ValueError, OSError) as err:
+        raise UnreadableFile(f"{path}: cannot be read as {path.suffix[1:]} "
+                             f"({type(err).__name__}: {err})") from err

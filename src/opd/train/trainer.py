@@ -4,13 +4,16 @@
 - ``RunLog``: one JSON line per step and TensorBoard scalars, written by process 0; a resumed
   run starts from the checkpoint's copy of the log and TensorBoard drops the steps after it.
 - ``Checkpoint``: the full training state in one directory (weights, optimizer, every
-  process's RNG, data position, the log so far), written beside the previous checkpoint and
-  swapped in only once complete, and resumed only by a run of the same identity.
+  process's RNG, data position, the log so far, sizes and hashes of its files), written beside
+  the previous checkpoint, which is kept until the next one is complete; resumed only by a run
+  of the same identity (settings, content of every input, code version); a corrupt newest
+  checkpoint falls back to the previous one. A finished run removes its checkpoints.
 - ``rng_state`` / ``set_rng_state``: a process's CPU and GPU random state.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import shutil
@@ -85,44 +88,120 @@ class RunLog:
             self.writer.close()
 
 
-class Checkpoint:
-    """A run's checkpoint directory, tagged with the run's identity.
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
-    ``state.json`` holds the step, the identity and any small state (data position ...); the
-    rest (weights, optimizer, RNG) is written by the caller's ``write`` into the directory.
+
+def fingerprint(location: str | Path) -> str:
+    """The content of an input: sha256 over a file's bytes, or over a directory's files
+    (relative names and bytes). A location that is not on disk (a hub id) stands for itself;
+    pin its ``revision`` to make it a content."""
+    path = Path(location)
+    if path.is_file():
+        return _sha256(path)
+    if not path.is_dir():
+        return f"not on disk: {location}"
+    digest = hashlib.sha256()
+    for f in sorted(p for p in path.rglob("*") if p.is_file()):
+        digest.update(str(f.relative_to(path)).encode() + b"\0" + _sha256(f).encode())
+    return digest.hexdigest()
+
+
+def code_version() -> str:
+    """sha256 over the source of the ``opd`` package: a checkpoint written by other code is
+    not resumed."""
+    root = Path(__file__).resolve().parents[1]
+    digest = hashlib.sha256()
+    for f in sorted(root.rglob("*.py")):
+        digest.update(str(f.relative_to(root)).encode() + b"\0" + f.read_bytes())
+    return digest.hexdigest()
+
+
+def run_identity(settings: Any, inputs: dict[str, str | Path | None]) -> dict[str, Any]:
+    """What a checkpoint must match to be resumed: the settings, the content of every input
+    (model weights and tokenizer, data files) and the code version."""
+    return {"settings": settings, "code": code_version(),
+            "inputs": {k: None if v is None else fingerprint(v) for k, v in sorted(inputs.items())}}
+
+
+class CorruptCheckpoint(ValueError):
+    """A checkpoint whose files do not match the sizes and hashes recorded when it was saved."""
+
+
+class Checkpoint:
+    """A run's checkpoints: the newest (``path``) and the one before it (``path.prev``).
+
+    ``state.json`` holds the step, the run's identity and any small state (data position ...);
+    the rest (weights, optimizer, RNG) is written by the caller's ``write``; ``manifest.json``
+    records every file's size and sha256. A new checkpoint is complete on disk before the
+    previous one goes. On resume the newest checkpoint that verifies is used; one of another
+    run is set aside and a corrupt one is reported by path and set aside.
     """
 
-    STATE, LOG = "state.json", "log.jsonl"
+    STATE, LOG, MANIFEST = "state.json", "log.jsonl", "manifest.json"
 
     def __init__(self, path: Path, identity: dict[str, Any]):
         self.path, self.identity = path, identity
         self.tmp = path.with_name(path.name + ".tmp")
-        self.old = path.with_name(path.name + ".old")
+        self.prev = path.with_name(path.name + ".prev")
+        self.current: Path | None = None  # the checkpoint ``find`` chose
 
     def find(self, main: bool = True) -> dict[str, Any] | None:
-        """The saved state when the checkpoint belongs to this run; else None. Process 0 sets
-        a checkpoint of another run aside (removes it) and completes an interrupted swap."""
-        if main and not self.path.exists() and self.old.exists():
-            self.old.rename(self.path)  # a kill between the two renames of ``save``
-        state_file = self.path / self.STATE
-        if not state_file.exists():
-            return None
-        state = json.loads(state_file.read_text())
-        if state.get("identity") == self.identity:
+        """The saved state of the newest good checkpoint of this run, or None. Process 0 sets
+        aside (removes) checkpoints of another run and corrupt ones, saying why."""
+        self.current = None
+        for candidate in (self.path, self.prev):
+            if not candidate.exists():
+                continue
+            try:
+                state = self._verified_state(candidate)
+            except CorruptCheckpoint as err:
+                self._set_aside(candidate, f"corrupt checkpoint ({err})", main)
+                continue
+            if state.get("identity") != self.identity:
+                self._set_aside(candidate, "checkpoint of another run (settings, input content "
+                                "or code differ)", main)
+                continue
+            if candidate == self.prev and main:
+                print(f"{candidate}: resuming from the previous checkpoint")
+            self.current = candidate
             return state
-        if main:
-            print(f"{self.path}: checkpoint of a run with other settings; starting afresh")
-            shutil.rmtree(self.path)
         return None
 
+    def _set_aside(self, candidate: Path, why: str, main: bool) -> None:
+        if main:
+            print(f"{candidate}: {why}; set aside")
+            shutil.rmtree(candidate)
+
+    def _verified_state(self, directory: Path) -> dict[str, Any]:
+        try:
+            manifest = json.loads((directory / self.MANIFEST).read_text())
+            state = json.loads((directory / self.STATE).read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            raise CorruptCheckpoint(f"{type(err).__name__}: {err}") from None
+        for name, want in manifest.items():
+            f = directory / name
+            if not f.is_file():
+                raise CorruptCheckpoint(f"{f} is missing")
+            if f.stat().st_size != want["size"]:
+                raise CorruptCheckpoint(f"{f} has {f.stat().st_size} bytes, {want['size']} "
+                                        "were saved")
+            if _sha256(f) != want["sha256"]:
+                raise CorruptCheckpoint(f"{f} does not match its saved sha256")
+        return state
+
     def log_text(self) -> str:
-        return (self.path / self.LOG).read_text()
+        return ((self.current or self.path) / self.LOG).read_text()
 
     def save(self, step: int, write: Callable[[Path], None], log: Path, *,
              state: dict[str, Any] | None = None, main: bool = True,
              barrier: Callable[[], None] = lambda: None) -> None:
-        """Write a new checkpoint beside the current one, then swap it in. ``write(tmp)`` runs
-        on every process (collective saves need them all)."""
+        """Write a new checkpoint beside the current one, then rotate it in. ``write(tmp)``
+        runs on every process (collective saves need them all)."""
         if main and self.tmp.exists():
             shutil.rmtree(self.tmp)
         barrier()
@@ -132,15 +211,21 @@ class Checkpoint:
             (self.tmp / self.LOG).write_text(log.read_text())
             write_json(self.tmp / self.STATE, {**(state or {}), "step": step,
                                                "identity": self.identity})
+            files = sorted(p for p in self.tmp.rglob("*") if p.is_file())
+            write_json(self.tmp / self.MANIFEST, {
+                str(f.relative_to(self.tmp)): {"size": f.stat().st_size, "sha256": _sha256(f)}
+                for f in files})
             if self.path.exists():
-                self.path.rename(self.old)
+                if self.prev.exists():
+                    shutil.rmtree(self.prev)
+                self.path.rename(self.prev)
             self.tmp.rename(self.path)
-            if self.old.exists():
-                shutil.rmtree(self.old)
+            self.current = self.path
         barrier()
 
     def remove(self) -> None:
-        for p in (self.path, self.tmp, self.old):
+        """Drop every checkpoint of the run (it finished: a rerun trains afresh)."""
+        for p in (self.path, self.tmp, self.prev):
             if p.exists():
                 shutil.rmtree(p)
 

@@ -183,3 +183,34 @@ def test_dedup_pipeline_recovers_planted_duplicates(small_world, tmp_path):
     removed = pq.read_table(tmp_path / "rm.parquet").to_pylist()
     assert all(r["score"] >= np.float32(0.6) for r in removed)
     assert all(re.search(r"[+\-*]\d", r["dapo_question"]) for r in removed)
+
+
+def test_truncated_parquet_names_the_file(small_world, tmp_path):
+    from opd.core.data import DataError, load_prompt_set, load_rows
+    from opd.core.io import UnreadableFile
+
+    src = small_world / "dapo.parquet"
+    bad = tmp_path / "half.parquet"
+    bad.write_bytes(src.read_bytes()[: src.stat().st_size // 2])
+    with pytest.raises(DataError, match=r"half\.parquet: cannot be read as parquet"):
+        load_rows({"path": str(bad)}, "dapo")
+    with pytest.raises(UnreadableFile, match=r"half\.parquet: cannot be read as parquet"):
+        load_prompt_set({"path": str(bad)})
+
+
+def test_outputs_follow_the_umask(tmp_path):
+    import os
+    import stat
+
+    from opd.core.io import atomic_dir, write_json
+
+    old = os.umask(0o027)
+    try:
+        write_json(tmp_path / "a.json", {"x": 1})
+        with atomic_dir(tmp_path / "d") as d:
+            (d / "f.txt").write_text("x")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "a.json").stat().st_mode) == 0o640
+    assert stat.S_IMODE((tmp_path / "d").stat().st_mode) == 0o750
+    assert stat.S_IMODE((tmp_path / "d/f.txt").stat().st_mode) == 0o640

@@ -12,6 +12,7 @@ import time
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import torch
 from safetensors.torch import load_file
 
 from opd.stages.tiny.build_tiny_models import main as build_model
@@ -187,8 +188,7 @@ def test_two_processes_train_data_parallel(pair, tmp_path):
     summary = json.loads((tmp_path / "dp/summary.json").read_text())
     assert summary["processes"] == 2
     assert (tmp_path / "dp/final/model.safetensors").exists()
-    state = json.loads((tmp_path / "dp/checkpoint/state.json").read_text())
-    assert state["identity"]["world"] == 2 and state["step"] == 3
+    assert not (tmp_path / "dp/checkpoint").exists()  # a finished run keeps no checkpoint
 
 
 def test_prompts_per_step_must_split_over_processes():
@@ -383,3 +383,82 @@ def test_rollout_logprobs_give_the_on_policy_loss(pair):
         assert [m["loss"] for m, _ in clipped] == pytest.approx([m["loss"] for m, _ in plain],
                                                                 abs=1e-6)
         assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(g_plain, g_clip))
+
+
+def test_changed_input_or_rerun_retrains(pair, tmp_path, monkeypatch, capsys):
+    """A checkpoint is resumed only by the very same run: after the teacher's weights change
+    under the same path it is set aside, and a finished run leaves none, so a rerun
+    (--forcerun) trains afresh."""
+    import argparse
+    import shutil
+
+    from opd.stages.opd import opd_train
+    from opd.train.trainer import Checkpoint
+
+    student, teacher, prompts, _ = pair
+    params = {**PARAMS, "steps": 3, "checkpoint_every": 1}
+    own_teacher = tmp_path / "teacher"
+    shutil.copytree(teacher, own_teacher)
+
+    def run(out, teacher_dir):
+        ns = argparse.Namespace(student=str(student), teacher=str(teacher_dir),
+                                prompts={"path": str(prompts)}, out=out, params=params,
+                                benchmarks=None)
+        opd_train.train(ns)
+        return load_file(out / "final/model.safetensors"), _lines(out / "metrics.jsonl")
+
+    first, first_lines = run(tmp_path / "a", own_teacher)
+    assert not (tmp_path / "a/checkpoint").exists()
+    again, again_lines = run(tmp_path / "a", own_teacher)       # a rerun retrains ...
+    assert "resuming" not in capsys.readouterr().out
+    assert again_lines == first_lines                            # ... to the same result
+
+    # a run that stopped after its last checkpoint; then the teacher's weights are replaced
+    monkeypatch.setattr(Checkpoint, "remove", lambda self: None)
+    run(tmp_path / "b", own_teacher)
+    monkeypatch.undo()
+    shutil.rmtree(own_teacher)
+    shutil.copytree(student, own_teacher)                        # same path, other weights
+    capsys.readouterr()
+    stale, _ = run(tmp_path / "b", own_teacher)
+    out = capsys.readouterr().out
+    assert "checkpoint of another run" in out and "resuming" not in out
+    fresh, _ = run(tmp_path / "c", own_teacher)
+    assert all(torch.equal(stale[k], fresh[k]) for k in fresh)
+    assert not all(torch.equal(stale[k], first[k]) for k in first)
+
+
+def test_corrupt_newest_checkpoint_falls_back_and_finishes_like_the_uninterrupted_run(
+        pair, tmp_path, monkeypatch, capsys):
+    import argparse
+
+    from opd.stages.opd import opd_train
+    from opd.train.trainer import Checkpoint
+
+    student, teacher, prompts, _ = pair
+    params = {**PARAMS, "steps": 6, "checkpoint_every": 2, "validation_every": 1000}
+
+    def run(out):
+        ns = argparse.Namespace(student=str(student), teacher=str(teacher),
+                                prompts={"path": str(prompts)}, out=out, params=params,
+                                benchmarks=None)
+        opd_train.train(ns)
+
+    run(tmp_path / "ref")
+    out = tmp_path / "crash"
+    # a run stopped after its last checkpoint (steps 4 and 6 on disk) ...
+    monkeypatch.setattr(Checkpoint, "remove", lambda self: None)
+    run(out)
+    monkeypatch.undo()
+    # ... whose newest checkpoint was then half written
+    weights = out / "checkpoint/model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    capsys.readouterr()
+    run(out)
+    log = capsys.readouterr().out
+    assert f"{out / 'checkpoint'}: corrupt checkpoint" in log and "model.safetensors" in log
+    assert "resuming from the previous checkpoint" in log and "resuming from step 4" in log
+    assert _lines(out / "metrics.jsonl") == _lines(tmp_path / "ref/metrics.jsonl")
+    a = load_file(out / "final/model.safetensors")
+    b = load_file(tmp_path / "ref/final/model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in b)

@@ -86,8 +86,9 @@ def test_rollout_shard_resumes_after_kill(setup, tmp_path):
     partial = tmp_path / "crash.parquet.partial.jsonl"
     proc = subprocess.Popen(_rollout_cmd(setup, out), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
-    kill_when(proc, lambda: partial.exists() and partial.read_text().count("\n") >= 3)
-    written = partial.read_text().count("\n")
+    # the first line holds the run's identity, then one line per chunk
+    kill_when(proc, lambda: partial.exists() and partial.read_text().count("\n") >= 4)
+    written = partial.read_text().count("\n") - 1
     assert not out.exists() and 3 <= written < 80
 
     again = subprocess.run(_rollout_cmd(setup, out), capture_output=True, text=True, timeout=600)
@@ -95,6 +96,17 @@ def test_rollout_shard_resumes_after_kill(setup, tmp_path):
     assert f"resuming shard 0: {written} of 80 chunks" in again.stdout
     pd.testing.assert_frame_equal(pd.read_parquet(out), expected)
     assert not partial.exists()
+
+    # chunks left by another run (other settings, model or prompts) are never reused
+    other = tmp_path / "other.parquet"
+    stale = other.with_name(other.name + ".partial.jsonl")
+    stale.write_text('{"identity": {"params": "another run"}}\n'
+                     '{"chunk": 0, "rows": []}\n')
+    proc = subprocess.run(_rollout_cmd(setup, other), capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "chunks of another run" in proc.stdout and "resuming" not in proc.stdout
+    pd.testing.assert_frame_equal(pd.read_parquet(other), expected)
 
 
 def test_empty_filter_fails_and_sft_resumes_after_kill(setup, tmp_path):

@@ -44,7 +44,7 @@ from opd.core.prompts import apply_template, chat_prompt
 from opd.train.losses import opd_loss
 from opd.train.pair import load_pair, response_logits
 from opd.train.trainer import (Checkpoint, RunLog, load_torch_state, lr_at, rng_state,
-                               save_torch_state, set_lr, set_rng_state)
+                               run_identity, save_torch_state, set_lr, set_rng_state)
 
 
 @dataclass
@@ -149,11 +149,13 @@ def autocast(cfg: OPDParams) -> Any:
     return torch.autocast("cuda", dtype=torch.bfloat16, enabled=on)
 
 
-def run_identity(args: argparse.Namespace, world: int = 1) -> dict[str, Any]:
-    """What a checkpoint must match to be resumed: the pair, the prompts, every setting and the
-    number of processes (each holds its own random stream)."""
-    return {"student": str(args.student), "teacher": str(args.teacher), "prompts": args.prompts,
-            "params": args.params, "world": world}
+def identity(args: argparse.Namespace, world: int = 1) -> dict[str, Any]:
+    """What a checkpoint must match to be resumed: every setting, the number of processes
+    (each holds its own random stream), the content of the pair and the prompts, the code."""
+    return run_identity({"params": args.params, "world": world, "student": str(args.student),
+                         "teacher": str(args.teacher), "prompts": args.prompts},
+                        {"student": args.student, "teacher": args.teacher,
+                         "prompts": args.prompts["path"]})
 
 
 def local_share(idx: list[int], world: int, rank: int) -> list[int]:
@@ -252,19 +254,19 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     acc = Accelerator(cpu=not torch.cuda.is_available())
     world, rank, main = acc.num_processes, acc.process_index, acc.is_main_process
     torch.manual_seed(cfg.seed + rank)
-    ckpt = Checkpoint(args.out / "checkpoint", run_identity(args, world))
+    ckpt = Checkpoint(args.out / "checkpoint", identity(args, world))
     if main:
-        ckpt.find()  # sets aside a checkpoint of another run
+        ckpt.find()  # sets aside checkpoints of another run and corrupt ones
     acc.wait_for_everyone()
     resumed = ckpt.find(main=False)
     tok, student, teacher = load_pair(args.student, args.teacher,
-                                      str(ckpt.path) if resumed else None, on=acc.device)
+                                      str(ckpt.current) if resumed else None, on=acc.device)
     opt = torch.optim.AdamW(student.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     prompts = fitting_prompts(load_prompt_set(args.prompts), tok, cfg)
     order = PromptOrder(len(prompts), cfg.seed)
     start = 0
     if resumed:
-        blob = load_torch_state(ckpt.path / "trainer_state.pt")
+        blob = load_torch_state(ckpt.current / "trainer_state.pt")
         opt.load_state_dict(blob["optimizer"])
         set_rng_state(blob["rng"][rank])
         start, order.position = resumed["step"], resumed["data_position"]
@@ -272,7 +274,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             print(f"resuming from step {start}")
     log = RunLog(args.out / "metrics.jsonl", args.out / "tb", "opd", enabled=main,
                  resume_text=ckpt.log_text() if resumed and main else None, start_step=start)
-    generator = make_generator(cfg, str(ckpt.path) if resumed else args.student, rank)
+    generator = make_generator(cfg, str(ckpt.current) if resumed else args.student, rank)
     benchmarks = {k: load_benchmark(v) for k, v in (args.benchmarks or {}).items()} if main else {}
     sampling = Sampling(max_new_tokens=cfg.max_response_tokens, temperature=cfg.temperature,
                         top_p=1.0, seed=cfg.seed)
@@ -353,6 +355,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     summary = {"steps": cfg.steps, "first": lines[0], "last": lines[-1], "params": args.params,
                "processes": world}
     write_json(args.out / "summary.json", summary)
+    ckpt.remove()  # finished: a rerun (--forcerun, changed inputs) trains afresh
     return summary
 
 

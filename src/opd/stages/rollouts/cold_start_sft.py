@@ -31,7 +31,7 @@ from opd.core.cli import parse_stage_args
 from opd.core.config import typed
 from opd.core.io import atomic_dir, read_table, write_json
 from opd.train.sft import collate, encode_chat, length_grouped_batches
-from opd.train.trainer import Checkpoint, RunLog, lr_at, set_lr
+from opd.train.trainer import Checkpoint, RunLog, lr_at, run_identity, set_lr
 
 
 @dataclass
@@ -92,16 +92,16 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     model, opt = acc.prepare(model, opt)
 
-    ckpt = Checkpoint(args.out / "checkpoint",
-                      {"model": args.model, "data": str(args.data), "params": args.params,
-                       "world": world})
+    ckpt = Checkpoint(args.out / "checkpoint", run_identity(
+        {"model": args.model, "data": str(args.data), "params": args.params, "world": world},
+        {"model": args.model, "data": args.data}))
     if main:
-        ckpt.find()  # sets aside a checkpoint of another run
+        ckpt.find()  # sets aside checkpoints of another run and corrupt ones
     acc.wait_for_everyone()
     resumed = ckpt.find(main=False)
     step = 0
     if resumed:
-        acc.load_state(str(ckpt.path / "accelerate"))
+        acc.load_state(str(ckpt.current / "accelerate"))
         step = resumed["step"]
         acc.print(f"resuming from step {step} of {total}")
     log = RunLog(args.out / "train_log.jsonl", args.out / "tb", "sft", enabled=main,
@@ -153,6 +153,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     summary = {"steps": total, "examples": len(examples), "first_loss": lines[0]["loss"],
                "final_loss": lines[-1]["loss"], "params": args.params}
     write_json(args.out / "summary.json", summary)
+    ckpt.remove()  # finished: a rerun (--forcerun, changed inputs) trains afresh
     return summary
 
 

@@ -29,6 +29,7 @@ from opd.core.data import load_prompt_set
 from opd.train.engine import EngineParams, make_engine
 from opd.core.filters import FilterRules, reject_reason
 from opd.train.generation import Sampling
+from opd.train.trainer import run_identity
 from opd.core.io import write_parquet
 from opd.core.prompts import apply_template, chat_prompt
 
@@ -51,12 +52,24 @@ def chunk_seed(seed: int, shard: int, chunk: int, attempt: int) -> int:
     return (seed * 1_000_003 + shard * 10_007 + chunk * 101 + attempt) % (2**31)
 
 
-def read_partial(path: Path) -> dict[int, list[dict[str, Any]]]:
-    """Chunks already written; a line torn by a crash (the last one) is ignored."""
+def read_partial(path: Path, identity: dict[str, Any]) -> dict[int, list[dict[str, Any]]]:
+    """Chunks already written by this very run (its first line holds the run's identity:
+    settings, content of the model and prompts, code); a line torn by a crash (the last one)
+    is ignored, and chunks of another run are set aside."""
     done: dict[int, list[dict[str, Any]]] = {}
     if not path.exists():
         return done
-    for line in path.read_text().splitlines():
+    lines = path.read_text().splitlines()
+    try:
+        head = json.loads(lines[0]) if lines else {}
+    except json.JSONDecodeError:
+        head = {}
+    if head.get("identity") != identity:
+        print(f"{path}: chunks of another run (settings, model, prompts or code differ); "
+              "set aside")
+        path.unlink()
+        return done
+    for line in lines[1:]:
         try:
             record = json.loads(line)
         except json.JSONDecodeError:
@@ -121,12 +134,16 @@ def run_shard(args: argparse.Namespace) -> int:
     chunks = [ids[i:i + size] for i in range(0, len(ids), size)]
     partial = args.out.with_name(args.out.name + ".partial.jsonl")
     partial.parent.mkdir(parents=True, exist_ok=True)
-    done = read_partial(partial)
+    identity = run_identity({"params": args.params, "shard": args.shard,
+                             "num_shards": args.num_shards, "model": args.model,
+                             "prompts": args.prompts},
+                            {"model": args.model, "prompts": args.prompts["path"]})
+    done = read_partial(partial, identity)
     if done:
         print(f"resuming shard {args.shard}: {len(done)} of {len(chunks)} chunks already written")
-        # rewrite without a possibly torn last line before appending
-        partial.write_text("".join(json.dumps({"chunk": c, "rows": r}) + "\n"
-                                   for c, r in sorted(done.items())))
+    # (re)write the identity and the chunks kept, without a possibly torn last line
+    partial.write_text(json.dumps({"identity": identity}) + "\n" + "".join(
+        json.dumps({"chunk": c, "rows": r}) + "\n" for c, r in sorted(done.items())))
     engine, tok = make_engine(cfg.engine, args.model, batch_size=cfg.batch_size,
                               tensor_parallel_size=cfg.tensor_parallel_size, seed=cfg.seed)
     with partial.open("a") as fh:

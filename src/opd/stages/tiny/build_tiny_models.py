@@ -37,7 +37,7 @@ from opd.core.prompts import EVAL_SUFFIX
 from opd.core.schemas import DAPO_PREFIX, DAPO_SUFFIX
 from opd.train.sft import collate, encode_chat, grouped_by_length
 from opd.train.trainer import (Checkpoint, RunLog, load_torch_state, lr_at, rng_state,
-                               save_torch_state, set_lr, set_rng_state)
+                               run_identity, save_torch_state, set_lr, set_rng_state)
 from opd.tiny.problems import FRAME_POOLS, SCENARIOS, render, sample_problem, solution
 
 WRAPPERS = [("", EVAL_SUFFIX), ("", ""), (DAPO_PREFIX, DAPO_SUFFIX)]
@@ -128,21 +128,21 @@ def initial_model(recipe: Recipe, tokenizer: Any, init: Path | None) -> Qwen3For
 
 
 def train(recipe: Recipe, tokenizer: Any, heldout: set[tuple], init: Path | None,
-          work: Path) -> tuple[Qwen3ForCausalLM, dict[str, Any]]:
-    """Train in ``work`` (log and checkpoint); a checkpoint of the same recipe, initial weights
-    and tokenizer is resumed, replaying the seeded example stream to its position."""
+          work: Path, identity: dict[str, Any]) -> tuple[Qwen3ForCausalLM, dict[str, Any]]:
+    """Train in ``work`` (log and checkpoint); a checkpoint of the same ``identity`` (recipe,
+    content of the initial weights, tokenizer and world, code) is resumed, replaying the
+    seeded example stream to its position."""
     torch.manual_seed(recipe.seed)
-    ckpt = Checkpoint(work / "checkpoint", {"recipe": recipe.__dict__, "init": str(init),
-                                            "vocab": len(tokenizer)})
+    ckpt = Checkpoint(work / "checkpoint", identity)
     resumed = ckpt.find()
-    model = initial_model(recipe, tokenizer, ckpt.path if resumed else init)
+    model = initial_model(recipe, tokenizer, ckpt.current if resumed else init)
     opt = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=0.01,
                             betas=(0.9, 0.98))
     batches = bucketed(ExampleStream(recipe, heldout, recipe.seed), recipe.batch_size,
                        random.Random(recipe.seed + 1))
     start = 0
     if resumed:
-        blob = load_torch_state(ckpt.path / "trainer_state.pt")
+        blob = load_torch_state(ckpt.current / "trainer_state.pt")
         opt.load_state_dict(blob["optimizer"])
         set_rng_state(blob["rng"][0])
         start = resumed["step"]
@@ -191,7 +191,9 @@ def main(argv: list[str] | None = None) -> None:
                for s, ops in json.loads((args.world / "heldout.json").read_text())}
     recipe = typed(Recipe, args.params, "tiny_models.models")
     work = args.out.with_name(args.out.name + ".partial")
-    model, stats = train(recipe, tokenizer, heldout, args.init, work)
+    identity = run_identity(args.params, {"init": args.init, "tokenizer": args.tokenizer,
+                                          "heldout": args.world / "heldout.json"})
+    model, stats = train(recipe, tokenizer, heldout, args.init, work, identity)
     model.generation_config = GenerationConfig(
         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
         do_sample=True, temperature=1.0, top_p=1.0, top_k=0)
