@@ -160,3 +160,10 @@ def test_readme_override_examples_pass_the_dry_run(tmp_path):
     for override in (["seed=1"], ["opd={lr: 0.001}"], ["opd={lr: 3e-4, top_k: 8}"]):
         proc = run_snakemake(["-n", "--quiet", "--config", *override], work)
         assert proc.returncode == 0, (override, proc.stderr[-2000:])
+
+
+def test_hub_ids_are_checked_offline(tiny):
+    cfg = copy.deepcopy(tiny)
+    cfg["models"]["teacher_x"] = {"hub_id": "not a hub id"}
+    with pytest.raises(ConfigError, match=r"models\.teacher_x\.hub_id"):
+        validate(cfg)

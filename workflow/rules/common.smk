@@ -99,10 +99,13 @@ def experiment(wildcards):
     return config["experiments"][wildcards.experiment]
 
 
-def model_location(name):
-    """Local directory or hub id of a model of the registry."""
+def model_arg(name):
+    """A model of the registry as the stages take it: JSON with its local ``path``, or its
+    ``hub_id`` and ``revision`` pin, and its name (for messages)."""
     spec = config["models"][name]
-    return spec.get("path") or spec["hub_id"]
+    if "path" in spec:
+        return json.dumps({"name": name, "path": spec["path"]})
+    return json.dumps({"name": name, "hub_id": spec["hub_id"], "revision": spec["revision"]})
 
 
 _WARNED = set()
@@ -220,7 +223,7 @@ def selection_student_input(name):
 def selection_student_arg(name):
     """`--student <location>`, shell-quoted, or nothing."""
     student = config["prompt_selection"][name]["student"]
-    return shlex.join(["--student", model_location(student)]) if student else ""
+    return shlex.join(["--student", model_arg(student)]) if student else ""
 
 
 def rollout_shards(name):
@@ -249,10 +252,10 @@ def evaluated_models():
     return list(config["evaluation"]["models"]) + experiments()
 
 
-def eval_model_location(name):
+def eval_model_arg(name):
     if name in config["models"]:
-        return model_location(name)
-    return f"{RESULTS}/opd/{name}/final"
+        return model_arg(name)
+    return json.dumps({"name": name, "path": f"{RESULTS}/opd/{name}/final"})
 
 
 def eval_model_input(name):

@@ -172,7 +172,7 @@ rule select_prompts:
     wildcard_constraints:
         selection="|".join(config["prompt_selection"]) or "__none__",
     params:
-        teacher=lambda w: model_location(config["prompt_selection"][w.selection]["teacher"]),
+        teacher=lambda w: model_arg(config["prompt_selection"][w.selection]["teacher"]),
         student=lambda w: selection_student_arg(w.selection),
         prompts=lambda w: as_json(config["prompt_sets"][config["prompt_selection"][w.selection]["prompts"]]),
         cfg=lambda w: as_json(selection_params(w.selection)),

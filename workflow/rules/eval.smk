@@ -14,7 +14,7 @@ rule evaluate:
         model="|".join(list(config["models"]) + experiments()) or "__none__",
         benchmark="|".join(config["benchmarks"]) or "__none__",
     params:
-        model=lambda w: eval_model_location(w.model),
+        model=lambda w: eval_model_arg(w.model),
         benchmark=lambda w: as_json(config["benchmarks"][w.benchmark]),
         cfg=lambda w: as_json(eval_params()),
     log:

@@ -12,8 +12,8 @@ rule diagnose_pair:
     wildcard_constraints:
         experiment="|".join(experiments()) or "__none__",
     params:
-        student=lambda w: model_location(experiment(w)["student"]),
-        teacher=lambda w: model_location(experiment(w)["teacher"]),
+        student=lambda w: model_arg(experiment(w)["student"]),
+        teacher=lambda w: model_arg(experiment(w)["teacher"]),
         prompts=lambda w: as_json(config["prompt_sets"][experiment(w)["prompts"]]),
         cfg=lambda w: as_json(diagnose_params(w.experiment)),
     log:
@@ -44,8 +44,8 @@ rule opd_train:
     wildcard_constraints:
         experiment="|".join(experiments()) or "__none__",
     params:
-        student=lambda w: model_location(experiment(w)["student"]),
-        teacher=lambda w: model_location(experiment(w)["teacher"]),
+        student=lambda w: model_arg(experiment(w)["student"]),
+        teacher=lambda w: model_arg(experiment(w)["teacher"]),
         prompts=lambda w: as_json(config["prompt_sets"][experiment(w)["prompts"]]),
         cfg=lambda w: as_json(opd_params(w.experiment)),
         benchmarks=as_json(config["benchmarks"]),

@@ -15,7 +15,7 @@ rule teacher_rollouts:
         shard=r"\d+",
         shards=r"\d+",
     params:
-        teacher=lambda w: model_location(rollouts_spec(w.rollouts)["teacher"]),
+        teacher=lambda w: model_arg(rollouts_spec(w.rollouts)["teacher"]),
         prompts=lambda w: as_json(config["prompt_sets"][rollouts_spec(w.rollouts)["prompts"]]),
         cfg=lambda w: as_json(rollouts_params(w.rollouts)),
     log:
@@ -70,7 +70,7 @@ rule cold_start_sft:
     wildcard_constraints:
         name="|".join(config["cold_start"]) or "__none__",
     params:
-        student=lambda w: model_location(config["cold_start"][w.name]["student"]),
+        student=lambda w: model_arg(config["cold_start"][w.name]["student"]),
         cfg=lambda w: as_json(cold_start_params(w.name)),
         out=lambda w: f"{SFT_DIR}/{w.name}",
         launch=lambda w: launcher("cold_start_sft", config["cold_start"][w.name]["accelerate_config"]),

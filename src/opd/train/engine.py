@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 import torch
 
+from opd.core.models import ModelRef
 from opd.train.generation import Completion, Sampling, generate
 
 ENGINES = ("auto", "transformers", "vllm")
@@ -75,12 +76,14 @@ class TransformersEngine:
 class VLLMEngine:
     name = "vllm"
 
-    def __init__(self, model_path: str, tensor_parallel_size: int = 1, seed: int = 0,
+    def __init__(self, model: ModelRef, tensor_parallel_size: int = 1, seed: int = 0,
                  dtype: str = "bfloat16", max_model_len: int | None = None,
                  gpu_memory_utilization: float = 0.85):
         from vllm import LLM  # optional GPU dependency, imported only here
 
-        self.llm = LLM(model=model_path, tensor_parallel_size=tensor_parallel_size, seed=seed,
+        self.llm = LLM(model=model.checked().location, revision=model.revision,
+                       tokenizer_revision=model.revision,
+                       tensor_parallel_size=tensor_parallel_size, seed=seed,
                        dtype=dtype, max_model_len=max_model_len, trust_remote_code=False,
                        gpu_memory_utilization=gpu_memory_utilization)
 
@@ -112,9 +115,9 @@ class VLLMRollouts:
 
     name = "vllm"
 
-    def __init__(self, model_path: str, seed: int, gpu_memory_utilization: float,
+    def __init__(self, model: ModelRef, seed: int, gpu_memory_utilization: float,
                  max_model_len: int | None = None):
-        self.engine = VLLMEngine(model_path, tensor_parallel_size=1, seed=seed,
+        self.engine = VLLMEngine(model, tensor_parallel_size=1, seed=seed,
                                  max_model_len=max_model_len,
                                  gpu_memory_utilization=gpu_memory_utilization)
 
@@ -148,19 +151,18 @@ class EngineParams:
     batch_size: int
 
 
-def make_engine(requested: str, model_path: str, *, batch_size: int = 64,
+def make_engine(requested: str, model: ModelRef | str, *, batch_size: int = 64,
                 tensor_parallel_size: int = 1, seed: int = 0,
                 max_model_len: int | None = None) -> tuple[Engine, Any]:
-    """(engine, tokenizer) for a model directory or hub id."""
-    from transformers import AutoTokenizer
+    """(engine, tokenizer) for a model directory or hub id (at its revision pin)."""
+    from opd.train.pair import device, load_model, load_tokenizer
 
-    from opd.train.pair import device, load_model
-
-    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    ref = ModelRef.of(model)
+    tokenizer = load_tokenizer(ref)
     if resolve(requested) == "vllm":
-        return VLLMEngine(model_path, tensor_parallel_size, seed,
+        return VLLMEngine(ref, tensor_parallel_size, seed,
                           max_model_len=max_model_len), tokenizer
-    model = load_model(model_path, device())
+    model = load_model(ref, device())
     if device() == "cuda":
         model = model.to(torch.bfloat16)
     return TransformersEngine(model, tokenizer, batch_size), tokenizer

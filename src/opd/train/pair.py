@@ -7,6 +7,7 @@ from typing import Any
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from opd.core.models import ModelRef
 from opd.train.generation import RolloutBatch, position_ids
 
 
@@ -18,11 +19,18 @@ def device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def load_model(path: str, on: str) -> Any:
-    """A causal LM in float32 (the master weights), never running remote code."""
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32,
-                                                 trust_remote_code=False)
+def load_model(model: ModelRef | str, on: str) -> Any:
+    """A causal LM in float32 (the master weights) at its revision, never running remote
+    code."""
+    ref = ModelRef.of(model).checked()
+    model = AutoModelForCausalLM.from_pretrained(ref.location, dtype=torch.float32,
+                                                 trust_remote_code=False, **ref.load_kwargs())
     return model.to(on)
+
+
+def load_tokenizer(model: ModelRef | str) -> Any:
+    ref = ModelRef.of(model).checked()
+    return AutoTokenizer.from_pretrained(ref.location, **ref.load_kwargs())
 
 
 def check_same_tokenizer(student_tok: Any, teacher_tok: Any, student: str, teacher: str) -> None:
@@ -35,17 +43,19 @@ def check_same_tokenizer(student_tok: Any, teacher_tok: Any, student: str, teach
             "student's own tokens with the teacher, so both must use the same vocabulary")
 
 
-def load_pair(student: str, teacher: str, student_weights: str | None = None,
+def load_pair(student: ModelRef | str, teacher: ModelRef | str, student_weights: str | None = None,
               on: str | torch.device | None = None) -> tuple[Any, Any, Any]:
     """(tokenizer, student, frozen teacher) on ``on`` (default: the default device), after the
     tokenizer check.
 
-    ``student_weights`` loads the student from elsewhere (a checkpoint to resume from).
+    ``student_weights`` loads the student from a local directory instead (a checkpoint to
+    resume from).
     """
-    tok = AutoTokenizer.from_pretrained(student)
-    check_same_tokenizer(tok, AutoTokenizer.from_pretrained(teacher), student, teacher)
+    tok = load_tokenizer(student)
+    check_same_tokenizer(tok, load_tokenizer(teacher), str(student), str(teacher))
     on = on or device()
-    student_model = load_model(student_weights or student, on)
+    weights = ModelRef(student_weights, True) if student_weights else ModelRef.of(student)
+    student_model = load_model(weights, on)
     teacher_model = load_model(teacher, on).eval().requires_grad_(False)
     return tok, student_model, teacher_model
 

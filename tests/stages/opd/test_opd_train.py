@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 
 from opd.stages.tiny.build_tiny_models import main as build_model
 from opd.stages.tiny.build_tiny_tokenizer import main as build_tokenizer
+from opd.core.models import ModelRef
 from opd.train.generation import RolloutBatch
 from opd.train.pair import TokenizerMismatch, check_same_tokenizer
 from conftest import kill_when, schema_section, tiny_recipe
@@ -221,17 +222,33 @@ def test_diagnose_pair_verdicts(pair, tmp_path, thresholds, verdict):
         assert key in report
 
 
-def test_checkpoint_of_other_settings_is_not_resumed(pair, tmp_path):
+def test_checkpoint_of_other_settings_is_not_resumed(pair, tmp_path, monkeypatch, capsys):
+    import argparse
+
+    from opd.stages.opd import opd_train
+    from opd.train.trainer import Checkpoint
+
+    student, teacher, prompts, _ = pair
     out = tmp_path / "run"
-    first = subprocess.run(_cmd(pair, out, PARAMS), capture_output=True, text=True, timeout=600)
-    assert first.returncode == 0, first.stderr[-3000:]
+
+    def run(params):
+        ns = argparse.Namespace(student=ModelRef.parse(str(student)),
+                                teacher=ModelRef.parse(str(teacher)),
+                                prompts={"path": str(prompts)}, out=out, params=params,
+                                benchmarks=None)
+        opd_train.train(ns)
+
+    monkeypatch.setattr(Checkpoint, "remove", lambda self: None)  # a run that stopped late
+    run(PARAMS)
+    monkeypatch.undo()
+    capsys.readouterr()
     changed = {**PARAMS, "lr": PARAMS["lr"] / 2}
-    second = subprocess.run(_cmd(pair, out, changed), capture_output=True, text=True, timeout=600)
-    assert second.returncode == 0, second.stderr[-3000:]
-    assert "starting afresh" in second.stdout and "resuming" not in second.stdout
+    run(changed)
+    log = capsys.readouterr().out
+    assert "checkpoint of another run" in log and "resuming" not in log
     assert [ln["step"] for ln in _lines(out / "metrics.jsonl")] == [0, 1, 2, 3]
-    state = json.loads((out / "checkpoint/state.json").read_text())
-    assert state["identity"]["params"]["lr"] == changed["lr"]
+    assert json.loads((out / "summary.json").read_text())["params"]["lr"] == changed["lr"]
+    assert not (out / "checkpoint").exists() and not (out / "checkpoint.prev").exists()
 
 
 def test_micro_batch_metrics_reweight_around_undefined_values():
@@ -292,7 +309,7 @@ def test_external_generator_is_synced_after_every_step(pair, tmp_path, monkeypat
     class CopyGenerator:
         def __init__(self, weights):
             from transformers import AutoModelForCausalLM
-            self.model = AutoModelForCausalLM.from_pretrained(weights).eval()
+            self.model = AutoModelForCausalLM.from_pretrained(weights.location).eval()
             self.syncs = 0
 
         def sample(self, prompts, sampling, tokenizer, device):
@@ -306,7 +323,8 @@ def test_external_generator_is_synced_after_every_step(pair, tmp_path, monkeypat
     params = {**PARAMS, "steps": 3, "variant": "full"}
 
     def run(out):
-        ns = argparse.Namespace(student=str(student), teacher=str(teacher),
+        ns = argparse.Namespace(student=ModelRef.parse(str(student)),
+                                teacher=ModelRef.parse(str(teacher)),
                                 prompts={"path": str(prompts)}, out=out, params=params,
                                 benchmarks=None)
         return opd_train.train(ns)
@@ -320,7 +338,7 @@ def test_external_generator_is_synced_after_every_step(pair, tmp_path, monkeypat
     assert _lines(tmp_path / "gen/metrics.jsonl") == _lines(tmp_path / "self/metrics.jsonl")
 
 
-def test_several_updates_per_batch_clip_against_the_rollout_policy(pair, tmp_path):
+def test_several_updates_per_batch_clip_against_the_rollout_policy(pair, tmp_path, monkeypatch):
     """updates_per_batch > 1: every batch gives that many optimizer steps, the first at the
     rollout policy (ratio 1: the on-policy loss and metrics), the later ones clipped against
     the rollout policy's log-probs; the lr follows lr_schedule."""
@@ -329,18 +347,21 @@ def test_several_updates_per_batch_clip_against_the_rollout_policy(pair, tmp_pat
     import torch
 
     from opd.stages.opd import opd_train
+    from opd.train.trainer import Checkpoint
 
     student, teacher, prompts, _ = pair
 
     def run(out, **over):
         params = {**PARAMS, "steps": 3, "checkpoint_every": 1, "variant": "full", **over}
-        ns = argparse.Namespace(student=str(student), teacher=str(teacher),
+        ns = argparse.Namespace(student=ModelRef.parse(str(student)),
+                                teacher=ModelRef.parse(str(teacher)),
                                 prompts={"path": str(prompts)}, out=out, params=params,
                                 benchmarks=None)
         opd_train.train(ns)
         return _lines(out / "metrics.jsonl")
 
     once = run(tmp_path / "once")
+    monkeypatch.setattr(Checkpoint, "remove", lambda self: None)  # keep the optimizer state
     twice = run(tmp_path / "twice", updates_per_batch=2, lr_schedule="cosine",
                 warmup_ratio=0.34)
     assert twice[0]["loss"] == pytest.approx(once[0]["loss"], abs=1e-7)
@@ -401,7 +422,8 @@ def test_changed_input_or_rerun_retrains(pair, tmp_path, monkeypatch, capsys):
     shutil.copytree(teacher, own_teacher)
 
     def run(out, teacher_dir):
-        ns = argparse.Namespace(student=str(student), teacher=str(teacher_dir),
+        ns = argparse.Namespace(student=ModelRef.parse(str(student)),
+                                teacher=ModelRef.parse(str(teacher_dir)),
                                 prompts={"path": str(prompts)}, out=out, params=params,
                                 benchmarks=None)
         opd_train.train(ns)
@@ -439,7 +461,8 @@ def test_corrupt_newest_checkpoint_falls_back_and_finishes_like_the_uninterrupte
     params = {**PARAMS, "steps": 6, "checkpoint_every": 2, "validation_every": 1000}
 
     def run(out):
-        ns = argparse.Namespace(student=str(student), teacher=str(teacher),
+        ns = argparse.Namespace(student=ModelRef.parse(str(student)),
+                                teacher=ModelRef.parse(str(teacher)),
                                 prompts={"path": str(prompts)}, out=out, params=params,
                                 benchmarks=None)
         opd_train.train(ns)

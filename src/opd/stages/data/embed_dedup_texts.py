@@ -46,7 +46,8 @@ def encode(texts: list[str], spec: dict[str, Any], batch_size: int) -> np.ndarra
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = SentenceTransformer(model_location(spec), device=device,
-                                trust_remote_code=spec["trust_remote_code"])
+                                trust_remote_code=spec["trust_remote_code"],
+                                revision=spec["revision"])
     emb = model.encode(texts, batch_size=batch_size, show_progress_bar=True,
                        convert_to_numpy=True, normalize_embeddings=True)
     return np.ascontiguousarray(emb, dtype=np.float32)

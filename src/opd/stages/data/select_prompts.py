@@ -33,6 +33,7 @@ from opd.train.generation import Sampling
 from opd.core.grading import is_correct
 from opd.core.io import write_json, write_parquet
 from opd.core.prompts import apply_template, chat_prompt
+from opd.core.models import ModelRef
 
 
 @dataclass
@@ -100,8 +101,10 @@ def select(spec: dict[str, Any], teacher: str, student: str | None,
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--prompts", type=json.loads, required=True, help="prompt set spec (JSON)")
-    ap.add_argument("--teacher", required=True, help="teacher model directory or hub id")
-    ap.add_argument("--student", default=None, help="score teacher minus this student")
+    ap.add_argument("--teacher", type=ModelRef.parse, required=True,
+                    help="teacher model directory or hub id (or the workflow's JSON spec)")
+    ap.add_argument("--student", type=ModelRef.parse, default=None,
+                    help="score teacher minus this student")
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--stats", type=Path, required=True)
     args = parse_stage_args(ap, argv, threads=1)

@@ -30,6 +30,7 @@ from opd.train.generation import Completion, Sampling
 from opd.core.grading import is_correct, last_boxed
 from opd.core.io import write_json, write_parquet
 from opd.core.prompts import apply_template, chat_prompt
+from opd.core.models import ModelRef
 
 
 def pass_at_n(correct: list[list[bool]]) -> float:
@@ -78,7 +79,8 @@ class EvalParams(EngineParams):
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", required=True, help="model directory or hub id")
+    ap.add_argument("--model", type=ModelRef.parse, required=True,
+                    help="model directory or hub id (or the workflow's JSON spec)")
     ap.add_argument("--benchmark", type=json.loads, required=True, help="benchmark spec (JSON)")
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--summary", type=Path, required=True)
@@ -103,7 +105,7 @@ def main(argv: list[str] | None = None) -> None:
             for i, (cs, oks) in enumerate(zip(completions, correct))
             for j, (c, ok) in enumerate(zip(cs, oks))]
     write_parquet(args.out, pa.Table.from_pylist(rows))
-    summary = {"model": args.model, "engine": engine.name, **summarise(correct, completions,
+    summary = {"model": str(args.model), "engine": engine.name, **summarise(correct, completions,
                                                                          patterns)}
     write_json(args.summary, summary)
     print(json.dumps(summary))

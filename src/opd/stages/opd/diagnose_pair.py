@@ -35,6 +35,7 @@ from opd.core.io import write_json
 from opd.train.losses import opd_loss
 from opd.train.pair import load_pair, response_logits
 from opd.core.prompts import apply_template, chat_prompt
+from opd.core.models import ModelRef
 
 
 def accuracy_by_prompt(batch: RolloutBatch, answers: list[str | None], n: int) -> list[bool | None]:
@@ -88,7 +89,7 @@ def diagnose(args: argparse.Namespace) -> dict[str, Any]:
     graded = [(s, t) for s, t in zip(s_ok, t_ok) if s is not None]
     unsolved = [t for s, t in graded if not s]
     report = {
-        "student": args.student, "teacher": args.teacher, "prompts": len(rows),
+        "student": str(args.student), "teacher": str(args.teacher), "prompts": len(rows),
         "responses_per_prompt": n,
         **{k: v for k, v in metrics.items() if k != "buckets"},
         "student_solved": sum(s for s, _ in graded) / len(graded) if graded else None,
@@ -115,8 +116,8 @@ def diagnose(args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--student", required=True)
-    ap.add_argument("--teacher", required=True)
+    ap.add_argument("--student", type=ModelRef.parse, required=True)
+    ap.add_argument("--teacher", type=ModelRef.parse, required=True)
     ap.add_argument("--prompts", type=json.loads, required=True)
     ap.add_argument("--out", type=Path, required=True)
     args = parse_stage_args(ap, argv)

@@ -41,6 +41,7 @@ from opd.core.grading import is_correct
 from opd.core.config import typed
 from opd.core.io import atomic_dir, write_json
 from opd.core.prompts import apply_template, chat_prompt
+from opd.core.models import ModelRef
 from opd.train.losses import opd_loss
 from opd.train.pair import load_pair, response_logits
 from opd.train.trainer import (Checkpoint, RunLog, load_torch_state, lr_at, rng_state,
@@ -154,7 +155,7 @@ def identity(args: argparse.Namespace, world: int = 1) -> dict[str, Any]:
     (each holds its own random stream), the content of the pair and the prompts, the code."""
     return run_identity({"params": args.params, "world": world, "student": str(args.student),
                          "teacher": str(args.teacher), "prompts": args.prompts},
-                        {"student": args.student, "teacher": args.teacher,
+                        {"student": args.student.location, "teacher": args.teacher.location,
                          "prompts": args.prompts["path"]})
 
 
@@ -222,7 +223,7 @@ def accumulate(student: Any, teacher: Any, batch: RolloutBatch, cfg: OPDParams,
     return parts, buckets
 
 
-def make_generator(cfg: OPDParams, weights: str, rank: int) -> Any:
+def make_generator(cfg: OPDParams, weights: ModelRef, rank: int) -> Any:
     """None to sample with the trained student itself, or a colocated vLLM generator."""
     if resolve(cfg.generator) != "vllm":
         return None
@@ -274,7 +275,8 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             print(f"resuming from step {start}")
     log = RunLog(args.out / "metrics.jsonl", args.out / "tb", "opd", enabled=main,
                  resume_text=ckpt.log_text() if resumed and main else None, start_step=start)
-    generator = make_generator(cfg, str(ckpt.current) if resumed else args.student, rank)
+    generator = make_generator(cfg, ModelRef(str(ckpt.current), True) if resumed else args.student,
+                               rank)
     benchmarks = {k: load_benchmark(v) for k, v in (args.benchmarks or {}).items()} if main else {}
     sampling = Sampling(max_new_tokens=cfg.max_response_tokens, temperature=cfg.temperature,
                         top_p=1.0, seed=cfg.seed)
@@ -391,8 +393,10 @@ def merge_buckets(buckets: list[dict]) -> list[dict]:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--student", required=True, help="student model directory or hub id")
-    ap.add_argument("--teacher", required=True, help="teacher model directory or hub id")
+    ap.add_argument("--student", type=ModelRef.parse, required=True,
+                    help="student model directory or hub id (or the workflow's JSON spec)")
+    ap.add_argument("--teacher", type=ModelRef.parse, required=True,
+                    help="teacher model directory or hub id (or the workflow's JSON spec)")
     ap.add_argument("--prompts", type=json.loads, required=True,
                     help="prompt set spec as JSON: {path, prompt_field, answer_field}")
     ap.add_argument("--out", type=Path, required=True)

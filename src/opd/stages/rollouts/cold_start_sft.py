@@ -25,11 +25,13 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 from tqdm import tqdm
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM
 
 from opd.core.cli import parse_stage_args
 from opd.core.config import typed
 from opd.core.io import atomic_dir, read_table, write_json
+from opd.core.models import ModelRef
+from opd.train.pair import load_tokenizer
 from opd.train.sft import collate, encode_chat, length_grouped_batches
 from opd.train.trainer import Checkpoint, RunLog, lr_at, run_identity, set_lr
 
@@ -79,22 +81,24 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
                       project_dir=str(args.out))
     main = acc.is_main_process
     torch.manual_seed(cfg.seed)
-    tok = AutoTokenizer.from_pretrained(args.model)
+    tok = load_tokenizer(args.model)
     examples = load_examples(args.data, tok, cfg.max_length)
     lengths = [len(ids) for ids, _ in examples]
     world, rank = acc.num_processes, acc.process_index
     per_epoch = len(epoch_batches(lengths, cfg, 0, world)) // world
     updates_per_epoch = math.ceil(per_epoch / cfg.grad_accum)
     total = updates_per_epoch * cfg.epochs
-    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32,
-                                                 trust_remote_code=False)
+    location = args.model.checked().location
+    model = AutoModelForCausalLM.from_pretrained(location, dtype=torch.float32,
+                                                 trust_remote_code=False,
+                                                 **args.model.load_kwargs())
     model.config.use_cache = False
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     model, opt = acc.prepare(model, opt)
 
     ckpt = Checkpoint(args.out / "checkpoint", run_identity(
-        {"model": args.model, "data": str(args.data), "params": args.params, "world": world},
-        {"model": args.model, "data": args.data}))
+        {"model": str(args.model), "data": str(args.data), "params": args.params,
+         "world": world}, {"model": args.model.location, "data": args.data}))
     if main:
         ckpt.find()  # sets aside checkpoints of another run and corrupt ones
     acc.wait_for_everyone()
@@ -159,7 +163,8 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", required=True, help="base student directory or hub id")
+    ap.add_argument("--model", type=ModelRef.parse, required=True,
+                    help="base student directory or hub id (or the workflow's JSON spec)")
     ap.add_argument("--data", type=Path, required=True, help="SFT parquet with 'messages'")
     ap.add_argument("--out", type=Path, required=True)
     args = parse_stage_args(ap, argv)

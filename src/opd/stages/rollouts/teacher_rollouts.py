@@ -32,6 +32,7 @@ from opd.train.generation import Sampling
 from opd.train.trainer import run_identity
 from opd.core.io import write_parquet
 from opd.core.prompts import apply_template, chat_prompt
+from opd.core.models import ModelRef
 
 
 ROLLOUT_SCHEMA = pa.schema([
@@ -135,9 +136,9 @@ def run_shard(args: argparse.Namespace) -> int:
     partial = args.out.with_name(args.out.name + ".partial.jsonl")
     partial.parent.mkdir(parents=True, exist_ok=True)
     identity = run_identity({"params": args.params, "shard": args.shard,
-                             "num_shards": args.num_shards, "model": args.model,
+                             "num_shards": args.num_shards, "model": str(args.model),
                              "prompts": args.prompts},
-                            {"model": args.model, "prompts": args.prompts["path"]})
+                            {"model": args.model.location, "prompts": args.prompts["path"]})
     done = read_partial(partial, identity)
     if done:
         print(f"resuming shard {args.shard}: {len(done)} of {len(chunks)} chunks already written")
@@ -164,7 +165,8 @@ def run_shard(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", required=True, help="teacher model directory or hub id")
+    ap.add_argument("--model", type=ModelRef.parse, required=True,
+                    help="teacher model directory or hub id (or the workflow's JSON spec)")
     ap.add_argument("--prompts", type=json.loads, required=True, help="prompt set spec (JSON)")
     ap.add_argument("--shard", type=int, required=True)
     ap.add_argument("--num-shards", type=int, required=True)
