@@ -138,3 +138,20 @@ def test_run_log_writes_lines_and_resumes_from_the_checkpoint_copy(tmp_path):
     off = RunLog(tmp_path / "none.jsonl", None, "x", enabled=False)
     off.write({"step": 0}, 0)
     assert not (tmp_path / "none.jsonl").exists()
+
+
+def test_tensorboard_keeps_one_event_per_step_after_a_resume(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    first = RunLog(tmp_path / "m.jsonl", tmp_path / "tb", "x")
+    for step in range(6):  # a run that crashed after step 5, its checkpoint at step 3
+        first.write({"step": step, "loss": float(step)}, step)
+    first.close()
+    again = RunLog(tmp_path / "m.jsonl", tmp_path / "tb", "x", resume_text='{"step": 2}\n',
+                   start_step=3)
+    for step in range(3, 6):
+        again.write({"step": step, "loss": 10.0 + step}, step)
+    again.close()
+    events = EventAccumulator(str(tmp_path / "tb")).Reload().Scalars("x/loss")
+    assert [e.step for e in events] == list(range(6))
+    assert [e.value for e in events] == [0.0, 1.0, 2.0, 13.0, 14.0, 15.0]

@@ -154,6 +154,7 @@ class Checkpoint:
         """The saved state of the newest good checkpoint of this run, or None. Process 0 sets
         aside (removes) checkpoints of another run and corrupt ones, saying why."""
         self.current = None
+        set_aside = False
         for candidate in (self.path, self.prev):
             if not candidate.exists():
                 continue
@@ -161,15 +162,19 @@ class Checkpoint:
                 state = self._verified_state(candidate)
             except CorruptCheckpoint as err:
                 self._set_aside(candidate, f"corrupt checkpoint ({err})", main)
+                set_aside = True
                 continue
             if state.get("identity") != self.identity:
                 self._set_aside(candidate, "checkpoint of another run (settings, input content "
                                 "or code differ)", main)
+                set_aside = True
                 continue
             if candidate == self.prev and main:
                 print(f"{candidate}: resuming from the previous checkpoint")
             self.current = candidate
             return state
+        if set_aside and main:
+            print(f"{self.path}: no checkpoint of this run left; starting afresh")
         return None
 
     def _set_aside(self, candidate: Path, why: str, main: bool) -> None:
