@@ -45,13 +45,19 @@ def naive(student, teacher, tokens, mask, variant, support="student", weighting=
             S = t_top
         elif support == "intersection":
             S = [v for v in s_top if v in t_top]
-        else:
+        elif support == "union":
             S = s_top + [v for v in t_top if v not in s_top]
-        if variant == "sampled" or weighting == "none":
+        else:  # symmetric difference
+            S = [v for v in s_top if v not in t_top] + [v for v in t_top if v not in s_top]
+        # the official weights: renormalised over S (raw on the symmetric difference)
+        raw = support == "symmetric_difference" and variant == "topk"
+        if variant == "sampled" or weighting == "unit":
             w = {v: 1.0 for v in S}
+        elif weighting == "none":
+            w = {v: 1.0 if raw else 1.0 / len(S) for v in S}
         else:
             base = lp_d if weighting == "student_p" else lq
-            z = sum(math.exp(base[v]) for v in S)
+            z = 1.0 if raw else sum(math.exp(base[v]) for v in S)
             w = {v: math.exp(base[v]) / z for v in S}
         term = 0.0
         for v in S:
@@ -126,9 +132,10 @@ def _check(student, teacher, tokens, mask, **kw):
 
 @pytest.mark.parametrize("variant, support, weighting", [
     ("sampled", "student", "student_p"),
-    *[("topk", s, w) for s in ("student", "teacher", "intersection", "union")
-      for w in ("student_p", "teacher_p", "none")],
-    *[("full", "student", w) for w in ("student_p", "teacher_p", "none")],
+    *[("topk", s, w) for s in ("student", "teacher", "intersection", "union",
+                               "symmetric_difference")
+      for w in ("student_p", "teacher_p", "none", "unit")],
+    *[("full", "student", w) for w in ("student_p", "teacher_p", "none", "unit")],
 ])
 def test_values_and_gradients_match_reference(batch, variant, support, weighting):
     _check(*batch, variant=variant, support=support, weighting=weighting)

@@ -155,3 +155,23 @@ def test_tensorboard_keeps_one_event_per_step_after_a_resume(tmp_path):
     events = EventAccumulator(str(tmp_path / "tb")).Reload().Scalars("x/loss")
     assert [e.step for e in events] == list(range(6))
     assert [e.value for e in events] == [0.0, 1.0, 2.0, 13.0, 14.0, 15.0]
+
+
+def test_an_update_with_a_non_finite_gradient_is_skipped():
+    from opd.train.trainer import clipped_step
+
+    model = torch.nn.Linear(3, 2)
+    opt = torch.optim.AdamW(model.parameters(), lr=0.1)
+    before = [p.detach().clone() for p in model.parameters()]
+    for p in model.parameters():
+        p.grad = torch.full_like(p, float("nan"))
+    norm, stepped = clipped_step(model.parameters(), opt, 1.0)
+    assert math.isnan(norm) and not stepped
+    assert all(torch.equal(a, p) for a, p in zip(before, model.parameters()))
+    assert all(p.grad is None for p in model.parameters())
+    for p in model.parameters():
+        p.grad = torch.full_like(p, 0.5)
+    norm, stepped = clipped_step(model.parameters(), opt, 1.0)
+    n_params = sum(p.numel() for p in model.parameters())
+    assert stepped and norm == pytest.approx(math.sqrt(n_params * 0.25))
+    assert not all(torch.equal(a, p) for a, p in zip(before, model.parameters()))

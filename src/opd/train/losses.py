@@ -9,9 +9,11 @@ both over the full vocabulary. For a support set S_t and weights w_t,
     r_t(v) = exp(log p_t(v) - old log p_t(v))            (ratio 1 when no old log-probs)
 
 Variants: ``sampled`` (S_t = {y_t}, w = 1), ``topk`` (S_t = the student's / teacher's top-k,
-their intersection or union), ``full`` (S_t = the vocabulary). Weights: ``student_p``
-(p renormalised over S_t), ``teacher_p`` (q likewise) or ``none``. Log-probs are never
-renormalised over S_t. With ``full`` + ``student_p`` the value is the token-mean reverse
+their intersection, union or symmetric difference), ``full`` (S_t = the vocabulary). Weights
+(as the official implementation): ``student_p`` (p renormalised over S_t), ``teacher_p`` (q
+likewise), ``none`` (uniform, 1/|S_t|); on the symmetric difference the official code does not
+renormalise (raw p or q, and 1 for ``none``); ``unit`` is weight 1 everywhere. Log-probs are
+never renormalised over S_t. With ``full`` + ``student_p`` the value is the token-mean reverse
 KL(p || q) and the gradient is exactly its gradient.
 
 ``chunk_size`` processes the sequence in slices: teacher log-probs are computed without
@@ -28,8 +30,8 @@ import torch
 from torch.utils.checkpoint import checkpoint
 
 VARIANTS = ("sampled", "topk", "full")
-SUPPORTS = ("student", "teacher", "intersection", "union")
-WEIGHTINGS = ("student_p", "teacher_p", "none")
+SUPPORTS = ("student", "teacher", "intersection", "union", "symmetric_difference")
+WEIGHTINGS = ("student_p", "teacher_p", "none", "unit")
 METRICS = ("overlap_ratio", "overlap_advantage", "nonoverlap_advantage", "entropy_student",
            "entropy_teacher", "entropy_gap", "shared_mass_student", "shared_mass_teacher",
            "reverse_kl")
@@ -57,11 +59,13 @@ def _support(variant: str, support: str, logp_BCV: torch.Tensor, logq_BCV: torch
     in_t = (top_s.unsqueeze(-1) == top_t.unsqueeze(-2)).any(-1)
     if support == "intersection":
         return _Support(top_s, in_t.to(logp_BCV.dtype))
-    # union: the student's top-k plus the teacher's tokens not already in it
     in_s = (top_t.unsqueeze(-1) == top_s.unsqueeze(-2)).any(-1)
     idx = torch.cat([top_s, top_t], dim=-1)
-    valid = torch.cat([torch.ones_like(in_s), ~in_s], dim=-1).to(logp_BCV.dtype)
-    return _Support(idx, valid)
+    if support == "union":  # the student's top-k plus the teacher's tokens not already in it
+        valid = torch.cat([torch.ones_like(in_s), ~in_s], dim=-1)
+    else:  # symmetric difference: each side's tokens the other side's top-k lacks
+        valid = torch.cat([~in_t, ~in_s], dim=-1)
+    return _Support(idx, valid.to(logp_BCV.dtype))
 
 
 def _take(x_BCV: torch.Tensor, idx_BCM: torch.Tensor | None) -> torch.Tensor:
@@ -69,17 +73,27 @@ def _take(x_BCV: torch.Tensor, idx_BCM: torch.Tensor | None) -> torch.Tensor:
 
 
 def _advantage(logp_g: torch.Tensor, logq_g: torch.Tensor, valid: torch.Tensor | None,
-               variant: str, weighting: str) -> torch.Tensor:
-    if valid is None:  # the whole vocabulary: weights need no renormalisation
-        if weighting == "none":
+               variant: str, support: str, weighting: str) -> torch.Tensor:
+    """A_t(v) = w_t(v) (log q_t(v) - log p_t(v)) on the support. Weights, as the official
+    code computes them: ``student_p`` / ``teacher_p`` renormalised over the support (raw p or
+    q on the symmetric difference), ``none`` uniform 1/|S_t| (1 on the symmetric difference),
+    ``unit`` 1 everywhere."""
+    if valid is None:  # the whole vocabulary: probabilities already sum to 1 over it
+        if weighting == "unit":
             return logq_g - logp_g
+        if weighting == "none":
+            return (logq_g - logp_g) / logq_g.shape[-1]
         return (logp_g if weighting == "student_p" else logq_g).exp() * (logq_g - logp_g)
-    if variant == "sampled" or weighting == "none":
+    if variant == "sampled" or weighting == "unit":
         w = valid
+    elif weighting == "none":
+        w = valid if support == "symmetric_difference" else \
+            valid / valid.sum(-1, keepdim=True).clamp_min(1.0)
     else:
         base = logp_g if weighting == "student_p" else logq_g
         mass = base.exp() * valid
-        w = mass / mass.sum(-1, keepdim=True).clamp_min(1e-30)
+        w = mass if support == "symmetric_difference" else \
+            mass / mass.sum(-1, keepdim=True).clamp_min(1e-30)
     return w * (logq_g - logp_g) * valid
 
 
@@ -103,7 +117,7 @@ def _objective(stu: torch.Tensor, logp: torch.Tensor, logq: torch.Tensor, tokens
     with torch.no_grad():
         sup = _support(variant, support, logp, logq, tokens, top_k)
         adv = _advantage(_take(logp, sup.idx_BCM), _take(logq, sup.idx_BCM), sup.valid_BCM,
-                         variant, weighting)
+                         variant, support, weighting)
         old_g = None
         if old is not None:
             old = old.float()

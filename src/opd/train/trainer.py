@@ -53,6 +53,19 @@ def set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
         group["lr"] = lr
 
 
+def clipped_step(params: Iterable[torch.nn.Parameter], opt: torch.optim.Optimizer,
+                 grad_clip: float) -> tuple[float, bool]:
+    """Clip the gradients to ``grad_clip`` and take the optimizer step, unless their norm is
+    not finite (then the update is skipped, as the official trainer does). Returns the norm
+    before clipping and whether the step was taken."""
+    grad_norm = float(torch.nn.utils.clip_grad_norm_(list(params), grad_clip))
+    if not math.isfinite(grad_norm):
+        opt.zero_grad(set_to_none=True)
+        return grad_norm, False
+    opt.step()
+    return grad_norm, True
+
+
 class RunLog:
     """JSONL + TensorBoard log of a run (a no-op on processes other than 0)."""
 

@@ -485,3 +485,25 @@ def test_corrupt_newest_checkpoint_falls_back_and_finishes_like_the_uninterrupte
     a = load_file(out / "final/model.safetensors")
     b = load_file(tmp_path / "ref/final/model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in b)
+
+
+def test_sampling_temperature_scales_the_student_logits_in_the_loss(pair):
+    from opd.core.prompts import chat_prompt
+    from opd.stages.opd.opd_train import OPDParams, accumulate
+    from opd.train.generation import Sampling, sample_batch
+    from opd.train.losses import opd_loss
+    from opd.train.pair import load_pair, response_logits
+
+    student_dir, teacher_dir, _, _ = pair
+    tok, student, teacher = load_pair(str(student_dir), str(teacher_dir))
+    torch.manual_seed(2)
+    texts = [chat_prompt(tok, f"Start with {i}. The changes are +1, +2.") for i in range(3)]
+    batch = sample_batch(student, tok, texts, Sampling(max_new_tokens=8, temperature=2.0))
+    cfg = OPDParams.from_config({**PARAMS, "variant": "full", "micro_batch_size": 8,
+                                 "temperature": 2.0, "chunk_size": None})
+    parts, _ = accumulate(student, teacher, batch, cfg, int(batch.response_mask.sum()))
+    with torch.no_grad():
+        ref, _ = opd_loss(response_logits(student, batch) / 2.0,
+                          response_logits(teacher, batch), batch.response_ids,
+                          batch.response_mask, variant="full")
+    assert parts[0][0]["loss"] == pytest.approx(ref.item(), abs=1e-6)

@@ -44,8 +44,9 @@ from opd.core.prompts import apply_template, chat_prompt
 from opd.core.models import ModelRef
 from opd.train.losses import opd_loss
 from opd.train.pair import load_pair, response_logits
-from opd.train.trainer import (Checkpoint, RunLog, load_torch_state, lr_at, rng_state,
-                               run_identity, save_torch_state, set_lr, set_rng_state)
+from opd.train.trainer import (Checkpoint, RunLog, clipped_step, load_torch_state, lr_at,
+                               rng_state, run_identity, save_torch_state, set_lr,
+                               set_rng_state)
 
 
 @dataclass
@@ -192,7 +193,7 @@ def rollout_logprobs(student: Any, mb: RolloutBatch, cfg: OPDParams) -> torch.Te
     """The rollout policy's log-probs for PPO-style clipping (several updates per batch):
     of the sampled tokens [B, T] for ``sampled``, of the whole vocabulary [B, T, V] otherwise."""
     with torch.no_grad(), autocast(cfg):
-        logp = torch.log_softmax(response_logits(student, mb).float(), dim=-1)
+        logp = torch.log_softmax(response_logits(student, mb).float() / cfg.temperature, dim=-1)
     if cfg.variant == "sampled":
         return logp.gather(-1, mb.response_ids.unsqueeze(-1)).squeeze(-1)
     return logp
@@ -211,7 +212,8 @@ def accumulate(student: Any, teacher: Any, batch: RolloutBatch, cfg: OPDParams,
         with torch.no_grad(), autocast(cfg):
             t_logits = response_logits(teacher, mb) / cfg.teacher_temperature
         with autocast(cfg):
-            s_logits = response_logits(student, mb)
+            # the sampling temperature applies to the student's logits in the loss too
+            s_logits = response_logits(student, mb) / cfg.temperature
         loss, metrics = opd_loss(
             s_logits, t_logits, mb.response_ids, mb.response_mask,
             variant=cfg.variant, top_k=cfg.top_k, support=cfg.support,
@@ -303,6 +305,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         # one update per batch is strictly on-policy; more updates clip against the rollout policy
         old = ([rollout_logprobs(student, mb, cfg) for mb in micro_batches(batch, cfg.micro_batch_size)]
                if cfg.updates_per_batch > 1 else None)
+        skipped = 0
         for update in range(cfg.updates_per_batch):
             opt.zero_grad(set_to_none=True)
             update_parts, update_buckets = accumulate(student, teacher, batch, cfg, step_tokens, old)
@@ -310,8 +313,11 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
                 parts, buckets = update_parts, update_buckets
             if world > 1:
                 sum_gradients(student)
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(student.parameters(), cfg.grad_clip))
-            opt.step()
+            grad_norm, stepped = clipped_step(student.parameters(), opt, cfg.grad_clip)
+            if not stepped:
+                skipped += 1
+                if main:
+                    print(f"step {step}: gradient norm {grad_norm} is not finite; update skipped")
         if generator is not None:
             generator.sync(student)
         mine = {"parts": parts, "buckets": buckets,
@@ -325,6 +331,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             lengths = [n for e in every for n in e["lengths"]]
             graded = [g for e in every for g in e["graded"]]
             line = {"step": step, **agg, "lr": lr, "grad_norm": grad_norm,
+                    "updates_skipped": skipped,
                     "rollouts": len(lengths), "response_length": sum(lengths) / len(lengths),
                     "truncated": sum(t for e in every for t in e["truncated"]) / len(lengths),
                     "accuracy": sum(graded) / len(graded) if graded else None,
