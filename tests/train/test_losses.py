@@ -76,8 +76,16 @@ def naive(student, teacher, tokens, mask, variant, support="student", weighting=
 
 
 def naive_metrics(student, teacher, mask, k=K):
+    """The official trainer's mechanism metrics (ray_trainer.py, student support, student_p
+    weights), one position and one token at a time: pooled metrics sum over every
+    (position, token) entry, the others average over the positions where they are defined."""
     sums = {m: 0.0 for m in METRICS}
     counts = {m: 0 for m in METRICS}
+
+    def add(m, value, weight=1):
+        sums[m] += value * weight
+        counts[m] += weight
+
     for b, t in itertools.product(range(student.shape[0]), range(student.shape[1])):
         if not mask[b, t]:
             continue
@@ -86,25 +94,36 @@ def naive_metrics(student, teacher, mask, k=K):
         p = [math.exp(x) for x in lp]
         q = [math.exp(x) for x in lq]
         s_top, t_top = _topk(lp, k), _topk(lq, k)
+        z = sum(p[v] for v in s_top)
+        adv = {v: p[v] / z * (lq[v] - lp[v]) for v in s_top}        # the training advantage
         inter = [v for v in s_top if v in t_top]
         outer = [v for v in s_top if v not in t_top]
-        vals = {
-            "overlap_ratio": len(inter) / k,
-            "entropy_student": -sum(pi * li for pi, li in zip(p, lp)),
-            "entropy_teacher": -sum(qi * li for qi, li in zip(q, lq)),
-            "shared_mass_student": sum(p[v] for v in inter),
-            "shared_mass_teacher": sum(q[v] for v in inter),
-            "reverse_kl": sum(pi * (a - c) for pi, a, c in zip(p, lp, lq)),
-        }
-        vals["entropy_gap"] = vals["entropy_teacher"] - vals["entropy_student"]
+        add("overlap_ratio", len(inter) / k)
+        h_p = -sum(pi * li for pi, li in zip(p, lp))
+        h_q = -sum(qi * li for qi, li in zip(q, lq))
+        add("entropy_student", h_p)
+        add("entropy_teacher", h_q)
+        add("entropy_gap", h_q - h_p)
+        add("reverse_kl", sum(pi * (a - c) for pi, a, c in zip(p, lp, lq)))
+        for v in inter:                                              # pooled over entries
+            add("overlap_advantage", adv[v])
+        for v in outer:
+            add("nonoverlap_advantage", adv[v])
         if inter:
-            vals["overlap_advantage"] = sum(lq[v] - lp[v] for v in inter) / len(inter)
+            add("overlap_logratio", sum(lq[v] - lp[v] for v in inter) / len(inter))
+            add("shared_mass_student", sum(p[v] for v in inter))
+            add("shared_mass_teacher", sum(q[v] for v in inter))
+            top_p = max(inter, key=lambda v: p[v])
+            top_q = max(inter, key=lambda v: q[v])
+            add("max_student_p_intersection", p[top_p])
+            add("teacher_p_at_max_student", q[top_p])
+            add("advantage_at_max_student", adv[top_p])
+            add("max_teacher_p_intersection", q[top_q])
+            add("student_p_at_max_teacher", p[top_q])
+            add("advantage_at_max_teacher", adv[top_q])
         if outer:
-            vals["nonoverlap_advantage"] = sum(lq[v] - lp[v] for v in outer) / len(outer)
-        for m, x in vals.items():
-            sums[m] += x
-            counts[m] += 1
-    return {m: sums[m] / counts[m] for m in METRICS}
+            add("nonoverlap_logratio", sum(lq[v] - lp[v] for v in outer) / len(outer))
+    return {m: sums[m] / counts[m] if counts[m] else float("nan") for m in METRICS}
 
 
 @pytest.fixture()
@@ -173,6 +192,10 @@ def test_metrics_match_reference(batch):
     for m in METRICS:
         assert metrics[m] == pytest.approx(ref[m], abs=1e-5), m
     assert 0 < metrics["overlap_ratio"] < 1
+    # the weights behind each mean: valid tokens, or a pooled metric's entries
+    assert metrics["weights"]["reverse_kl"] == mask.sum()
+    assert metrics["weights"]["overlap_advantage"] == pytest.approx(
+        metrics["overlap_ratio"] * K * float(mask.sum()))
 
 
 def test_identical_models_overlap_fully(batch):
@@ -209,8 +232,8 @@ def test_position_buckets_match_per_bucket_reference(batch):
         sl = slice(b["start"], b["start"] + 2)
         ref = naive_metrics(student.detach()[:, sl], teacher[:, sl], mask[:, sl])
         assert b["tokens"] == int(mask[:, sl].sum())
-        for m in ("overlap_ratio", "reverse_kl", "entropy_gap", "shared_mass_student"):
-            assert b[m] == pytest.approx(ref[m], abs=1e-5)
+        for m in METRICS:
+            assert b[m] == pytest.approx(ref[m], abs=1e-5, nan_ok=True), m
 
 
 def test_bad_arguments():

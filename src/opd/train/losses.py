@@ -32,9 +32,11 @@ from torch.utils.checkpoint import checkpoint
 VARIANTS = ("sampled", "topk", "full")
 SUPPORTS = ("student", "teacher", "intersection", "union", "symmetric_difference")
 WEIGHTINGS = ("student_p", "teacher_p", "none", "unit")
-METRICS = ("overlap_ratio", "overlap_advantage", "nonoverlap_advantage", "entropy_student",
-           "entropy_teacher", "entropy_gap", "shared_mass_student", "shared_mass_teacher",
-           "reverse_kl")
+METRICS = ("overlap_ratio", "overlap_advantage", "nonoverlap_advantage", "overlap_logratio",
+           "nonoverlap_logratio", "entropy_student", "entropy_teacher", "entropy_gap",
+           "shared_mass_student", "shared_mass_teacher", "max_student_p_intersection",
+           "teacher_p_at_max_student", "advantage_at_max_student", "max_teacher_p_intersection",
+           "student_p_at_max_teacher", "advantage_at_max_teacher", "reverse_kl")
 
 
 @dataclass
@@ -136,62 +138,107 @@ def _chunk_objective(stu: torch.Tensor, tea: torch.Tensor, *rest: object) -> tor
 
 
 @torch.no_grad()
-def _metrics(logp: torch.Tensor, logq: torch.Tensor, top_k: int) -> dict[str, torch.Tensor]:
-    """Per-token mechanism metrics, each [B, C]; NaN where a metric is undefined."""
+def _metrics(logp: torch.Tensor, logq: torch.Tensor, top_k: int
+             ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Mechanism metrics as the official trainer defines them, on the student's top-k set with
+    the training advantage of the official default objective (student support, ``student_p``
+    weights): A(v) = p(v) / sum_{top-k} p * (log q(v) - log p(v)).
+
+    Returns per-token values [B, C] (NaN where undefined) and, for metrics pooled over
+    (position, token) entries, their per-token entry counts as weights: the overlap-token
+    advantage is the mean of A over every entry of the intersection, the non-overlap advantage
+    likewise over the student-only entries. Shared mass (the mass p, and q, puts on the
+    intersection) and the high-probability alignment metrics (the student's most probable
+    token of the intersection: its p, q and A there; likewise from the teacher's side) are
+    averaged over positions whose intersection is not empty. ``overlap_logratio`` and
+    ``nonoverlap_logratio`` are the unweighted per-position means of log q - log p.
+    """
     p, q = logp.exp(), logq.exp()
     top_s = logp.topk(top_k, dim=-1).indices
     top_t = logq.topk(top_k, dim=-1).indices
-    inter = (top_s.unsqueeze(-1) == top_t.unsqueeze(-2)).any(-1).float()   # [B, C, k]
+    inter = (top_s.unsqueeze(-1) == top_t.unsqueeze(-2)).any(-1)            # [B, C, k]
+    interf = inter.float()
+    p_s, q_s = p.gather(-1, top_s), q.gather(-1, top_s)
     ratio_s = logq.gather(-1, top_s) - logp.gather(-1, top_s)               # log q - log p
-    n_in, n_out = inter.sum(-1), (1 - inter).sum(-1)
+    adv = p_s / p_s.sum(-1, keepdim=True) * ratio_s                          # training A
+    n_in, n_out = interf.sum(-1), (1 - interf).sum(-1)
     nan = torch.tensor(float("nan"), device=logp.device)
+    some = n_in > 0
+
+    def on_inter(x: torch.Tensor) -> torch.Tensor:
+        return torch.where(some, x, nan)
+
+    def at(idx: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return on_inter(x.gather(-1, idx.unsqueeze(-1)).squeeze(-1))
+
+    neg = torch.tensor(-1.0, device=logp.device)
+    max_s = torch.where(inter, p_s, neg).argmax(-1)                          # within top-k
+    max_t = torch.where(inter, q_s, neg).argmax(-1)
     h_p = -(p * logp).sum(-1)
     h_q = -(q * logq).sum(-1)
-    return {
+    values = {
         "overlap_ratio": n_in / top_k,
-        "overlap_advantage": torch.where(n_in > 0, (ratio_s * inter).sum(-1) / n_in.clamp_min(1), nan),
-        "nonoverlap_advantage": torch.where(n_out > 0, (ratio_s * (1 - inter)).sum(-1) / n_out.clamp_min(1), nan),
+        "overlap_advantage": torch.where(some, (adv * interf).sum(-1) / n_in.clamp_min(1), nan),
+        "nonoverlap_advantage": torch.where(n_out > 0, (adv * (1 - interf)).sum(-1)
+                                            / n_out.clamp_min(1), nan),
+        "overlap_logratio": torch.where(some, (ratio_s * interf).sum(-1) / n_in.clamp_min(1), nan),
+        "nonoverlap_logratio": torch.where(n_out > 0, (ratio_s * (1 - interf)).sum(-1)
+                                           / n_out.clamp_min(1), nan),
         "entropy_student": h_p,
         "entropy_teacher": h_q,
         "entropy_gap": h_q - h_p,
-        "shared_mass_student": (p.gather(-1, top_s) * inter).sum(-1),
-        "shared_mass_teacher": (q.gather(-1, top_s) * inter).sum(-1),
+        "shared_mass_student": on_inter((p_s * interf).sum(-1)),
+        "shared_mass_teacher": on_inter((q_s * interf).sum(-1)),
+        "max_student_p_intersection": at(max_s, p_s),
+        "teacher_p_at_max_student": at(max_s, q_s),
+        "advantage_at_max_student": at(max_s, adv),
+        "max_teacher_p_intersection": at(max_t, q_s),
+        "student_p_at_max_teacher": at(max_t, p_s),
+        "advantage_at_max_teacher": at(max_t, adv),
         "reverse_kl": (p * (logp - logq)).sum(-1),
     }
+    return values, {"overlap_advantage": n_in, "nonoverlap_advantage": n_out}
 
 
 @dataclass
 class _Accumulator:
-    """Masked sums and counts of every metric, overall and per position bucket."""
+    """Weighted sums and weights of every metric, overall and per position bucket (weight 1
+    per valid token, or the metric's own per-token entry count)."""
 
     bucket_size: int | None
     sums: dict[str, float] = field(default_factory=dict)
     counts: dict[str, float] = field(default_factory=dict)
     buckets: dict[int, dict[str, list[float]]] = field(default_factory=dict)
 
-    def add(self, per_tok: dict[str, torch.Tensor], mask_BC: torch.Tensor, start: int) -> None:
+    def add(self, per_tok: dict[str, torch.Tensor], weights: dict[str, torch.Tensor],
+            mask_BC: torch.Tensor, start: int) -> None:
         mask = mask_BC.bool()
         for name, v in per_tok.items():
             ok = mask & ~torch.isnan(v)
-            self.sums[name] = self.sums.get(name, 0.0) + float(v[ok].double().sum())
-            self.counts[name] = self.counts.get(name, 0.0) + float(ok.sum())
+            w = weights[name].double() if name in weights else torch.ones_like(v, dtype=torch.float64)
+            self.sums[name] = self.sums.get(name, 0.0) + float((v[ok].double() * w[ok]).sum())
+            self.counts[name] = self.counts.get(name, 0.0) + float(w[ok].sum())
             if self.bucket_size:
                 pos = torch.arange(start, start + v.shape[1], device=v.device).expand_as(v)
-                for b in torch.unique(pos[ok] // self.bucket_size).tolist():
+                for b in torch.unique(pos[mask] // self.bucket_size).tolist():
                     sel = ok & (pos // self.bucket_size == b)
                     slot = self.buckets.setdefault(int(b), {}).setdefault(name, [0.0, 0.0])
-                    slot[0] += float(v[sel].double().sum())
-                    slot[1] += float(sel.sum())
+                    slot[0] += float((v[sel].double() * w[sel]).sum())
+                    slot[1] += float(w[sel].sum())
 
     def result(self) -> dict[str, object]:
+        """Each metric's mean, the weights behind it (``weights``, to pool micro-batches and
+        processes) and, with a bucket size, the same per bucket of response positions."""
         out: dict[str, object] = {n: (self.sums[n] / self.counts[n] if self.counts[n] else math.nan)
                                   for n in METRICS}
+        out["weights"] = {n: self.counts[n] for n in METRICS}
         if self.bucket_size:
             out["buckets"] = [
                 {"bucket": b, "start": b * self.bucket_size,
                  "tokens": int(vals["reverse_kl"][1]),
                  **{n: (vals[n][0] / vals[n][1] if vals.get(n, [0, 0])[1] else math.nan)
-                    for n in METRICS}}
+                    for n in METRICS},
+                 "weights": {n: vals.get(n, [0, 0])[1] for n in METRICS}}
                 for b, vals in sorted(self.buckets.items())]
         return out
 
@@ -235,7 +282,7 @@ def opd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, tokens:
         with torch.no_grad():
             logq = torch.log_softmax(tea.float(), dim=-1)
             logp = torch.log_softmax(stu.detach().float(), dim=-1)
-            acc.add(_metrics(logp, logq, min(top_k, V)), m, s)
+            acc.add(*_metrics(logp, logq, min(top_k, V)), m, s)
         rest = (tokens[:, s:s + step], old, m, variant, support, weighting, top_k, clip_range)
         if chunk_size and stu.requires_grad:
             del logq, logp  # recomputed in the backward pass: nothing vocabulary-wide is kept

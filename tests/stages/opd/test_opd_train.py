@@ -507,3 +507,30 @@ def test_sampling_temperature_scales_the_student_logits_in_the_loss(pair):
                           response_logits(teacher, batch), batch.response_ids,
                           batch.response_mask, variant="full")
     assert parts[0][0]["loss"] == pytest.approx(ref.item(), abs=1e-6)
+
+
+def test_metrics_pooled_over_micro_batches_equal_the_whole_batch():
+    """Micro-batch (and process) means pooled with their weights give the metrics of the
+    whole batch at once, pooled entry metrics included."""
+    from opd.stages.opd.opd_train import merge_buckets, weighted_means
+    from opd.train.losses import METRICS, opd_loss
+
+    g = torch.Generator().manual_seed(3)
+    student = torch.randn(6, 7, 13, generator=g) * 2
+    teacher = student + torch.randn(6, 7, 13, generator=g) * 2
+    tokens = torch.randint(0, 13, (6, 7), generator=g)
+    mask = (torch.rand(6, 7, generator=g) > 0.2).float()
+    kw = {"variant": "topk", "top_k": 4, "bucket_size": 3}
+    _, whole = opd_loss(student, teacher, tokens, mask, **kw)
+    parts, buckets = [], []
+    for sl in (slice(0, 2), slice(2, 5), slice(5, 6)):
+        _, m = opd_loss(student[sl], teacher[sl], tokens[sl], mask[sl], **kw)
+        buckets += m.pop("buckets")
+        parts.append((m, m.pop("weights")))
+    pooled = weighted_means(parts)
+    for name in METRICS:
+        assert pooled[name] == pytest.approx(whole[name], abs=1e-6), name
+    for a, b in zip(merge_buckets(buckets), whole["buckets"]):
+        assert a["tokens"] == b["tokens"]
+        for name in METRICS:
+            assert a.get(name, float("nan")) == pytest.approx(b[name], abs=1e-6, nan_ok=True)

@@ -91,7 +91,7 @@ def diagnose(args: argparse.Namespace) -> dict[str, Any]:
     report = {
         "student": str(args.student), "teacher": str(args.teacher), "prompts": len(rows),
         "responses_per_prompt": n,
-        **{k: v for k, v in metrics.items() if k != "buckets"},
+        **{k: v for k, v in metrics.items() if k not in ("buckets", "weights")},
         "student_solved": sum(s for s, _ in graded) / len(graded) if graded else None,
         "teacher_solved": sum(t for _, t in graded) / len(graded) if graded else None,
         "student_unsolved_prompts": len(unsolved),

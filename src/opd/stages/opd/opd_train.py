@@ -221,7 +221,8 @@ def accumulate(student: Any, teacher: Any, batch: RolloutBatch, cfg: OPDParams,
             clip_range=cfg.clip_range, chunk_size=cfg.chunk_size, bucket_size=cfg.bucket_size)
         (loss * n_tok / step_tokens).backward()
         buckets += metrics.pop("buckets", [])
-        parts.append(({"loss": loss.item(), **metrics}, n_tok))
+        weights = metrics.pop("weights")
+        parts.append(({"loss": loss.item(), **metrics}, {"loss": n_tok, **weights}))
     return parts, buckets
 
 
@@ -368,32 +369,39 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     return summary
 
 
-def weighted_means(parts: list[tuple[dict[str, float], int]]) -> dict[str, float]:
-    """Token-weighted mean of each metric over micro-batches. A metric undefined (NaN) in a
-    micro-batch is averaged over the others only; one undefined everywhere is left out."""
+def weighted_means(parts: list[tuple[dict[str, float], dict[str, float] | float]]
+                   ) -> dict[str, float]:
+    """Each metric pooled over micro-batches (and processes): its values weighted by what
+    stands behind each (valid tokens, or a pooled metric's entries; one weight for every
+    metric when a number is given). A metric undefined (NaN) in a micro-batch is averaged over
+    the others only; one undefined everywhere is left out."""
     sums: dict[str, list[float]] = {}
-    for metrics, tokens in parts:
+    for metrics, weights in parts:
         for k, v in metrics.items():
-            if not math.isnan(v):
-                acc = sums.setdefault(k, [0.0, 0])
-                acc[0] += v * tokens
-                acc[1] += tokens
+            w = weights[k] if isinstance(weights, dict) else weights
+            if not math.isnan(v) and w > 0:
+                acc = sums.setdefault(k, [0.0, 0.0])
+                acc[0] += v * w
+                acc[1] += w
     return {k: num / den for k, (num, den) in sums.items()}
 
 
 def merge_buckets(buckets: list[dict]) -> list[dict]:
-    """Token-weighted average of per-micro-batch position buckets (NaN values left out)."""
+    """Per-micro-batch position buckets pooled like ``weighted_means`` (NaN values left out)."""
     sums: dict[int, dict[str, list[float]]] = {}
     heads: dict[int, dict[str, int]] = {}
     for b in buckets:
         head = heads.setdefault(b["bucket"], {"bucket": b["bucket"], "start": b["start"], "tokens": 0})
         head["tokens"] += b["tokens"]
         for k, v in b.items():
-            if k in head or b["tokens"] == 0 or math.isnan(v):
+            if k in head or k == "weights" or math.isnan(v):
                 continue
-            acc = sums.setdefault(b["bucket"], {}).setdefault(k, [0.0, 0])
-            acc[0] += v * b["tokens"]
-            acc[1] += b["tokens"]
+            w = b["weights"][k] if "weights" in b else b["tokens"]
+            if w <= 0:
+                continue
+            acc = sums.setdefault(b["bucket"], {}).setdefault(k, [0.0, 0.0])
+            acc[0] += v * w
+            acc[1] += w
     return [{**heads[i], **{k: s / c for k, (s, c) in sums.get(i, {}).items()}}
             for i in sorted(heads)]
 

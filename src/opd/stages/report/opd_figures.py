@@ -29,7 +29,9 @@ from opd.core.logging import read_jsonl  # noqa: E402
 PANELS = [("accuracy", "rollout accuracy"), ("overlap_ratio", "top-k overlap ratio"),
           ("overlap_advantage", "overlap-token advantage"),
           ("entropy_gap", "entropy gap (teacher - student)"),
-          ("shared_mass_student", "shared mass (student)"), ("reverse_kl", "reverse KL")]
+          ("shared_mass_student", "shared mass (student)"),
+          ("teacher_p_at_max_student", "teacher p at the student's top shared token"),
+          ("reverse_kl", "reverse KL")]
 
 
 def smooth(values: list[float], width: int) -> list[float]:

@@ -28,7 +28,7 @@ from opd.core.io import atomic_path, write_text
 from opd.core.logging import read_jsonl
 
 MECHANISM = ("overlap_ratio", "shared_mass_student", "entropy_gap", "overlap_advantage",
-             "reverse_kl")
+             "teacher_p_at_max_student", "reverse_kl")
 
 
 def pooled_accuracy(summaries: dict[str, dict[str, Any]], key: str = "avg_at_n") -> float:
