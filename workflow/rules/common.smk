@@ -141,8 +141,11 @@ def benchmark_inputs():
 def opd_params(name):
     """An experiment's resolved OPD settings: defaults, then its own overrides."""
     exp = config["experiments"][name]
-    return {**config["opd"], **exp["opd"], "steps": exp["steps"], "seed": exp["seed"],
-            "template": config["templates"][exp["template"]]}
+    cfg = {**config["opd"], **exp["opd"], "steps": exp["steps"], "seed": exp["seed"],
+           "template": config["templates"][exp["template"]]}
+    validation = cfg["validation"]
+    cfg["validation"] = {**validation, "template": config["templates"][validation["template"]]}
+    return cfg
 
 
 def diagnose_params(name):

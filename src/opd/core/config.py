@@ -124,6 +124,10 @@ def _check_references(config: dict[str, Any]) -> None:
                 raise ConfigError(f"{where}.{key}: unknown {registry} entry {exp[key]!r}")
         coerce_numbers(exp.get("opd", {}), opd_validator)
         merged = {**config.get("opd", {}), **exp.get("opd", {})}
+        template = merged.get("validation", {}).get("template", "default")
+        if template not in config.get("templates", {}):
+            raise ConfigError(f"{where}.opd.validation.template: unknown templates entry "
+                              f"{template!r}")
         for err in opd_validator.iter_errors(merged):
             key = ".".join(str(p) for p in err.absolute_path)
             if err.validator == "additionalProperties":

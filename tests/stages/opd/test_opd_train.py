@@ -28,7 +28,8 @@ PARAMS = {**schema_section(
     "opd", lr=1e-3, prompts_per_step=2, responses_per_prompt=2, micro_batch_size=3,
     variant="topk", top_k=8, weight_decay=0.0, max_response_tokens=12, chunk_size=4,
     bucket_size=4, checkpoint_every=2, validation_every=2,
-    validation={"n": 1, "temperature": 0.7, "top_p": 0.95}),
+    validation={"n": 1, "temperature": 0.7, "top_p": 0.95, "max_new_tokens": 12,
+                "template": "{problem} Put the final answer in \\boxed{}."}),
     "seed": 0, "steps": 4,
     "template": "{problem} Please reason step by step, and put your final answer within \\boxed{}."}
 
@@ -534,3 +535,31 @@ def test_metrics_pooled_over_micro_batches_equal_the_whole_batch():
         assert a["tokens"] == b["tokens"]
         for name in METRICS:
             assert a.get(name, float("nan")) == pytest.approx(b[name], abs=1e-6, nan_ok=True)
+
+
+def test_validation_prompts_the_benchmarks_with_their_own_template(monkeypatch):
+    """As the official runs: the benchmark problems with the boxed instruction, n samples up
+    to the validation length, whatever template the experiment trains with."""
+    import pandas as pd
+
+    from opd.stages.opd import opd_train
+    from opd.train.generation import Completion
+
+    seen = {}
+
+    def fake_generate(model, tok, prompts, sampling, batch_size, progress):
+        seen.update(prompts=prompts, sampling=sampling)
+        return [[Completion("\\boxed{3}", "stop", 1, 1)] * sampling.n for _ in prompts]
+
+    class Stub:
+        def eval(self):
+            return self
+
+    monkeypatch.setattr(opd_train, "generate", fake_generate)
+    monkeypatch.setattr(opd_train, "chat_prompt", lambda tok, text: text)
+    cfg = opd_train.OPDParams.from_config({**PARAMS, "template": "TRAIN {problem} Answer:"})
+    out = opd_train.validate(Stub(), None, {"b": pd.DataFrame({"problem": ["1+2"], "answer": ["3"]})},
+                             cfg, seed=0)
+    assert seen["prompts"] == ["1+2 Put the final answer in \\boxed{}."]
+    assert seen["sampling"].max_new_tokens == 12 and seen["sampling"].n == 1
+    assert out == {"val/b": 1.0}

@@ -54,6 +54,8 @@ class Validation:
     n: int
     temperature: float
     top_p: float
+    max_new_tokens: int
+    template: str  # resolved: the benchmark prompt with its boxed instruction
 
 
 @dataclass
@@ -132,12 +134,12 @@ def validate(model: Any, tok: Any, benchmarks: dict[str, pd.DataFrame], cfg: OPD
 def _validate(model: Any, tok: Any, benchmarks: dict[str, pd.DataFrame], cfg: OPDParams,
               seed: int) -> dict[str, float]:
     val = cfg.validation
-    sampling = Sampling(max_new_tokens=cfg.max_response_tokens, temperature=val.temperature,
+    sampling = Sampling(max_new_tokens=val.max_new_tokens, temperature=val.temperature,
                         top_p=val.top_p, n=val.n, seed=seed)
     model.eval()
     out = {}
     for name, df in benchmarks.items():
-        prompts = [chat_prompt(tok, apply_template(cfg.template, p)) for p in df["problem"]]
+        prompts = [chat_prompt(tok, apply_template(val.template, p)) for p in df["problem"]]
         res = generate(model, tok, prompts, sampling, batch_size=256, progress=False)
         out[f"val/{name}"] = sum(is_correct(c.text, a) for r, a in zip(res, df["answer"])
                                  for c in r) / max(1, sum(len(r) for r in res))
