@@ -563,3 +563,15 @@ def test_validation_prompts_the_benchmarks_with_their_own_template(monkeypatch):
     assert seen["prompts"] == ["1+2 Put the final answer in \\boxed{}."]
     assert seen["sampling"].max_new_tokens == 12 and seen["sampling"].n == 1
     assert out == {"val/b": 1.0}
+
+
+def test_prompt_order_in_file_order_or_seeded_epochs():
+    from opd.stages.opd.opd_train import PromptOrder
+
+    plain = PromptOrder(5, seed=3, shuffle=False)
+    assert plain.take(7) == [0, 1, 2, 3, 4, 0, 1]
+    shuffled = PromptOrder(5, seed=3, shuffle=True)
+    first, second = shuffled.take(5), shuffled.take(5)
+    assert sorted(first) == sorted(second) == list(range(5)) and first != list(range(5))
+    again = PromptOrder(5, seed=3, shuffle=True, position=5)
+    assert again.take(5) == second  # resumes mid-run from its position

@@ -72,6 +72,7 @@ class OPDParams:
     weight_decay: float
     prompts_per_step: int
     responses_per_prompt: int
+    shuffle: bool
     updates_per_batch: int
     clip_range: float
     grad_clip: float
@@ -100,16 +101,18 @@ class OPDParams:
 
 
 class PromptOrder:
-    """Seeded epochs over the prompt set; the position is part of the checkpoint."""
+    """Epochs over the prompt set, each in a seeded shuffle or in file order (the official
+    runs: ``data.shuffle=False``); the position is part of the checkpoint."""
 
-    def __init__(self, n: int, seed: int, position: int = 0):
-        self.n, self.seed, self.position = n, seed, position
+    def __init__(self, n: int, seed: int, shuffle: bool = True, position: int = 0):
+        self.n, self.seed, self.shuffle, self.position = n, seed, shuffle, position
         self._epoch, self._perm = -1, []
 
     def _permutation(self, epoch: int) -> list[int]:
         if epoch != self._epoch:
             self._perm = list(range(self.n))
-            random.Random(self.seed * 100_003 + epoch).shuffle(self._perm)
+            if self.shuffle:
+                random.Random(self.seed * 100_003 + epoch).shuffle(self._perm)
             self._epoch = epoch
         return self._perm
 
@@ -269,7 +272,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
                                       str(ckpt.current) if resumed else None, on=acc.device)
     opt = torch.optim.AdamW(student.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     prompts = fitting_prompts(load_prompt_set(args.prompts), tok, cfg)
-    order = PromptOrder(len(prompts), cfg.seed)
+    order = PromptOrder(len(prompts), cfg.seed, cfg.shuffle)
     start = 0
     if resumed:
         blob = load_torch_state(ckpt.current / "trainer_state.pt")
