@@ -16,6 +16,8 @@ def test_workflow_specs_and_plain_locations(tmp_path):
     local = ModelRef.parse(json.dumps({"name": "s", "path": str(tmp_path)}))
     assert local.is_path and local.load_kwargs() == {} and local.checked() is local
     assert ModelRef.parse(str(tmp_path)).is_path and not ModelRef.parse("org/m").is_path
+    assert not hub.thinking
+    assert ModelRef.parse(json.dumps({"hub_id": "Qwen/Qwen3-8B", "thinking": True})).thinking
 
 
 def test_a_missing_model_directory_is_named_by_its_config_key(tmp_path):

@@ -101,11 +101,12 @@ def experiment(wildcards):
 
 def model_arg(name):
     """A model of the registry as the stages take it: JSON with its local ``path``, or its
-    ``hub_id`` and ``revision`` pin, and its name (for messages)."""
+    ``hub_id`` and ``revision`` pin, its thinking mode and its name (for messages)."""
     spec = config["models"][name]
     if "path" in spec:
-        return json.dumps({"name": name, "path": spec["path"]})
-    return json.dumps({"name": name, "hub_id": spec["hub_id"], "revision": spec["revision"]})
+        return json.dumps({"name": name, "path": spec["path"], "thinking": spec["thinking"]})
+    return json.dumps({"name": name, "hub_id": spec["hub_id"], "revision": spec["revision"],
+                       "thinking": spec["thinking"]})
 
 
 _WARNED = set()
@@ -258,7 +259,9 @@ def evaluated_models():
 def eval_model_arg(name):
     if name in config["models"]:
         return model_arg(name)
-    return json.dumps({"name": name, "path": f"{RESULTS}/opd/{name}/final"})
+    student = config["models"][config["experiments"][name]["student"]]
+    return json.dumps({"name": name, "path": f"{RESULTS}/opd/{name}/final",
+                       "thinking": student["thinking"]})
 
 
 def eval_model_input(name):

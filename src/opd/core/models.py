@@ -1,4 +1,5 @@
-"""A model as the workflow names it: a local directory or a hub id, with its revision pin."""
+"""A model as the workflow names it: a local directory or a hub id, with its revision pin and
+whether its prompts use the chat template's thinking mode."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ class ModelRef:
     is_path: bool                  # the config gave a ``path`` (not a ``hub_id``)
     revision: str | None = None    # a hub revision pin (commit, tag or branch)
     name: str | None = None        # the key of ``models:`` (for messages)
+    thinking: bool = False         # prompts built in the chat template's thinking mode
 
     @classmethod
     def parse(cls, arg: str) -> "ModelRef":
@@ -25,9 +27,10 @@ class ModelRef:
         with the model's ``name``), or a plain directory or hub id given by hand."""
         if arg.lstrip().startswith("{"):
             spec = json.loads(arg)
+            thinking = bool(spec.get("thinking", False))
             if "path" in spec:
-                return cls(spec["path"], True, None, spec.get("name"))
-            return cls(spec["hub_id"], False, spec.get("revision"), spec.get("name"))
+                return cls(spec["path"], True, None, spec.get("name"), thinking)
+            return cls(spec["hub_id"], False, spec.get("revision"), spec.get("name"), thinking)
         return cls(arg, Path(arg).exists())
 
     @classmethod

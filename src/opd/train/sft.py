@@ -18,12 +18,14 @@ IGNORE = -100
 
 
 def encode_chat(tokenizer: Any, messages: list[dict[str, str]],
-                max_length: int | None = None) -> tuple[list[int], list[int]]:
+                max_length: int | None = None,
+                enable_thinking: bool = False) -> tuple[list[int], list[int]]:
     """(input ids, labels) for a conversation whose last turn is the assistant's reply."""
     if not messages or messages[-1]["role"] != "assistant":
         raise ValueError("an SFT example must end with an assistant turn")
     head = tokenizer.apply_chat_template(messages[:-1], tokenize=False,
-                                         add_generation_prompt=True, enable_thinking=False)
+                                         add_generation_prompt=True,
+                                         enable_thinking=enable_thinking)
     head_ids = tokenizer(head, add_special_tokens=False)["input_ids"]
     tail_ids = tokenizer(messages[-1]["content"] + tokenizer.eos_token,
                          add_special_tokens=False)["input_ids"]

@@ -53,13 +53,15 @@ class SelectionParams(EngineParams):
     seed: int
 
 
-def accuracy(model: str, prompts: pd.DataFrame, cfg: SelectionParams) -> list[float]:
+def accuracy(model: ModelRef | str, prompts: pd.DataFrame, cfg: SelectionParams) -> list[float]:
     """Mean correctness of ``cfg.n`` samples per prompt."""
     engine, tok = make_engine(cfg.engine, model, batch_size=cfg.batch_size,
                               tensor_parallel_size=cfg.tensor_parallel_size, seed=cfg.seed)
     sampling = Sampling(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
                         top_p=cfg.top_p, n=cfg.n, seed=cfg.seed)
-    texts = [chat_prompt(tok, apply_template(cfg.template, p)) for p in prompts["prompt"]]
+    thinking = ModelRef.of(model).thinking
+    texts = [chat_prompt(tok, apply_template(cfg.template, p), thinking)
+             for p in prompts["prompt"]]
     completions = engine.generate(texts, sampling)
     return [sum(is_correct(c.text, gold) for c in cs) / len(cs)
             for cs, gold in zip(completions, prompts["answer"])]

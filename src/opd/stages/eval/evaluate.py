@@ -91,7 +91,8 @@ def main(argv: list[str] | None = None) -> None:
                               tensor_parallel_size=cfg.tensor_parallel_size, seed=cfg.seed)
     sampling = Sampling(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
                         top_p=cfg.top_p, n=cfg.n, seed=cfg.seed)
-    prompts = [chat_prompt(tok, apply_template(cfg.template, p)) for p in bench["problem"]]
+    prompts = [chat_prompt(tok, apply_template(cfg.template, p), args.model.thinking)
+               for p in bench["problem"]]
     completions = engine.generate(prompts, sampling)
     correct = [[is_correct(c.text, gold) for c in cs]
                for cs, gold in zip(completions, bench["answer"])]

@@ -74,7 +74,8 @@ def diagnose(args: argparse.Namespace) -> dict[str, Any]:
     picks = sorted(random.Random(cfg.seed).sample(range(len(prompts)),
                                                      min(cfg.n_prompts, len(prompts))))
     rows, n = prompts.iloc[picks], cfg.responses_per_prompt
-    texts = [chat_prompt(tok, apply_template(cfg.template, p)) for p in rows["prompt"]]
+    texts = [chat_prompt(tok, apply_template(cfg.template, p), args.student.thinking)
+             for p in rows["prompt"]]
     flat = [t for t in texts for _ in range(n)]
     sampling = Sampling(max_new_tokens=cfg.max_response_tokens, temperature=cfg.temperature,
                         seed=cfg.seed)

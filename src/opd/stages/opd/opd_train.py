@@ -126,23 +126,24 @@ class PromptOrder:
 
 
 def validate(model: Any, tok: Any, benchmarks: dict[str, pd.DataFrame], cfg: OPDParams,
-             seed: int) -> dict[str, float]:
+             seed: int, thinking: bool = False) -> dict[str, float]:
     """Sampled accuracy on each benchmark. Runs on a forked RNG, so that how often a run
     validates never changes the rollouts it trains on."""
     cuda = [torch.cuda.current_device()] if torch.cuda.is_available() else []
     with torch.random.fork_rng(devices=cuda):
-        return _validate(model, tok, benchmarks, cfg, seed)
+        return _validate(model, tok, benchmarks, cfg, seed, thinking)
 
 
 def _validate(model: Any, tok: Any, benchmarks: dict[str, pd.DataFrame], cfg: OPDParams,
-              seed: int) -> dict[str, float]:
+              seed: int, thinking: bool) -> dict[str, float]:
     val = cfg.validation
     sampling = Sampling(max_new_tokens=val.max_new_tokens, temperature=val.temperature,
                         top_p=val.top_p, n=val.n, seed=seed)
     model.eval()
     out = {}
     for name, df in benchmarks.items():
-        prompts = [chat_prompt(tok, apply_template(val.template, p)) for p in df["problem"]]
+        prompts = [chat_prompt(tok, apply_template(val.template, p), thinking)
+                   for p in df["problem"]]
         res = generate(model, tok, prompts, sampling, batch_size=256, progress=False)
         out[f"val/{name}"] = sum(is_correct(c.text, a) for r, a in zip(res, df["answer"])
                                  for c in r) / max(1, sum(len(r) for r in res))
@@ -242,10 +243,11 @@ def make_generator(cfg: OPDParams, weights: ModelRef, rank: int) -> Any:
                         max_model_len=cfg.max_prompt_tokens + cfg.max_response_tokens)
 
 
-def fitting_prompts(prompts: pd.DataFrame, tok: Any, cfg: OPDParams) -> pd.DataFrame:
+def fitting_prompts(prompts: pd.DataFrame, tok: Any, cfg: OPDParams,
+                    thinking: bool = False) -> pd.DataFrame:
     """The prompts whose chat-formatted tokens fit ``max_prompt_tokens``; the rest are dropped
     (as verl's overlong-prompt filter does), and the count is printed."""
-    lengths = [len(tok(chat_prompt(tok, apply_template(cfg.template, p)),
+    lengths = [len(tok(chat_prompt(tok, apply_template(cfg.template, p), thinking),
                        add_special_tokens=False)["input_ids"]) for p in prompts["prompt"]]
     keep = [n <= cfg.max_prompt_tokens for n in lengths]
     if not any(keep):
@@ -271,7 +273,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     tok, student, teacher = load_pair(args.student, args.teacher,
                                       str(ckpt.current) if resumed else None, on=acc.device)
     opt = torch.optim.AdamW(student.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    prompts = fitting_prompts(load_prompt_set(args.prompts), tok, cfg)
+    prompts = fitting_prompts(load_prompt_set(args.prompts), tok, cfg, args.student.thinking)
     order = PromptOrder(len(prompts), cfg.seed, cfg.shuffle)
     start = 0
     if resumed:
@@ -294,7 +296,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     for step in bar:
         t0 = time.time()
         rows = prompts.iloc[local_share(order.take(cfg.prompts_per_step), world, rank)]
-        texts = [chat_prompt(tok, apply_template(cfg.template, p))
+        texts = [chat_prompt(tok, apply_template(cfg.template, p), args.student.thinking)
                  for p in rows["prompt"] for _ in range(n_resp)]
         answers = [a for a in rows["answer"] for _ in range(n_resp)]
         if generator is None:
@@ -344,7 +346,8 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
                     "buckets": merge_buckets([b for e in every for b in e["buckets"]]),
                     "seconds": round(time.time() - t0, 3)}
             if benchmarks and ((step + 1) % cfg.validation_every == 0 or last or step == 0):
-                line.update(validate(student, tok, benchmarks, cfg, cfg.seed + step))
+                line.update(validate(student, tok, benchmarks, cfg, cfg.seed + step,
+                                     args.student.thinking))
             log.write(line, step)
             bar.set_postfix(loss=f"{agg.get('loss', 0):.4f}",
                             overlap=f"{agg.get('overlap_ratio', 0):.3f}")

@@ -53,7 +53,8 @@ class SFTParams:
     seed: int
 
 
-def load_examples(path: Path, tokenizer: Any, max_length: int) -> list[tuple[list[int], list[int]]]:
+def load_examples(path: Path, tokenizer: Any, max_length: int,
+                  thinking: bool = False) -> list[tuple[list[int], list[int]]]:
     df = read_table(path)
     if "messages" not in df.columns:
         raise SystemExit(f"{path}: no 'messages' column (columns: {', '.join(df.columns)})")
@@ -61,7 +62,7 @@ def load_examples(path: Path, tokenizer: Any, max_length: int) -> list[tuple[lis
     for i, turns in enumerate(df["messages"]):
         messages = [{"role": t["role"], "content": t["content"]} for t in turns]
         try:
-            out.append(encode_chat(tokenizer, messages, max_length))
+            out.append(encode_chat(tokenizer, messages, max_length, thinking))
         except ValueError as err:
             raise SystemExit(f"{path}: row {i}: field 'messages': {err}") from None
     return out
@@ -82,7 +83,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     main = acc.is_main_process
     torch.manual_seed(cfg.seed)
     tok = load_tokenizer(args.model)
-    examples = load_examples(args.data, tok, cfg.max_length)
+    examples = load_examples(args.data, tok, cfg.max_length, args.model.thinking)
     lengths = [len(ids) for ids, _ in examples]
     world, rank = acc.num_processes, acc.process_index
     per_epoch = len(epoch_batches(lengths, cfg, 0, world)) // world

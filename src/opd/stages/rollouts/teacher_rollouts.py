@@ -99,7 +99,8 @@ class RolloutParams(EngineParams):
 
 
 def rollout_chunk(engine: Any, tok: Any, rows: list[tuple[int, str, str | None]],
-                  cfg: RolloutParams, shard: int, chunk: int) -> list[dict[str, Any]]:
+                  cfg: RolloutParams, shard: int, chunk: int,
+                  thinking: bool = False) -> list[dict[str, Any]]:
     """Responses for one chunk of (prompt id, problem, answer), retrying rejected prompts."""
     rules = FilterRules.from_config(cfg.filters)
     out: list[dict[str, Any]] = []
@@ -110,7 +111,8 @@ def rollout_chunk(engine: Any, tok: Any, rows: list[tuple[int, str, str | None]]
         seed = chunk_seed(cfg.seed, shard, chunk, attempt)
         sampling = Sampling(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
                             top_p=cfg.top_p, n=cfg.responses_per_prompt, seed=seed)
-        prompts = [chat_prompt(tok, apply_template(cfg.template, p)) for _, p, _ in pending]
+        prompts = [chat_prompt(tok, apply_template(cfg.template, p), thinking)
+                   for _, p, _ in pending]
         results = engine.generate(prompts, sampling, progress=False)
         retry = []
         for (pid, problem, answer), completions in zip(pending, results):
@@ -152,7 +154,7 @@ def run_shard(args: argparse.Namespace) -> int:
             if c in done:
                 continue
             rows = [(i, prompts["prompt"][i], prompts["answer"][i]) for i in chunks[c]]
-            done[c] = rollout_chunk(engine, tok, rows, cfg, args.shard, c)
+            done[c] = rollout_chunk(engine, tok, rows, cfg, args.shard, c, args.model.thinking)
             fh.write(json.dumps({"chunk": c, "rows": done[c]}) + "\n")
             fh.flush()
             os.fsync(fh.fileno())
