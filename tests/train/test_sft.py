@@ -63,3 +63,21 @@ def test_length_grouped_batches_cover_everything_once():
         return sum(max(lengths[i] for i in b) * len(b) - sum(lengths[i] for i in b) for b in bs)
     random_batches = [list(range(i, min(i + 8, 250))) for i in range(0, 250, 8)]
     assert waste(batches) < 0.5 * waste(random_batches)
+
+
+def test_replies_can_end_as_the_chat_template_ends_them(tok):
+    messages = [{"role": "user", "content": "Q?"}, {"role": "assistant", "content": "A."}]
+    ids, labels = encode_chat(tok, messages, turn_end="template")
+    full = tok.apply_chat_template(messages, tokenize=False)
+    assert tok.decode(ids) == full
+    assert tok.decode([t for t in labels if t != IGNORE]) == "A.<|im_end|>\n"
+
+
+def test_holdout_split_against_a_plain_count():
+    from opd.train.sft import holdout_split
+
+    train, held = holdout_split(40, 0.05, seed=3)
+    assert len(held) == 2 and sorted(train + held) == list(range(40))
+    assert holdout_split(40, 0.05, seed=3) == (train, held)
+    assert holdout_split(40, 0.0, seed=3) == (list(range(40)), [])
+    assert len(holdout_split(5, 0.05, seed=0)[1]) == 1      # at least one when asked

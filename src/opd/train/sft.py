@@ -2,7 +2,8 @@
 
 ``encode_chat`` turns a chat (user turns, then the assistant reply) into token ids through the
 tokenizer's own chat template and labels that cover only the assistant reply and its end of
-turn; everything else is -100. ``length_grouped_batches`` makes batches of similar length in a
+turn; everything else is -100. ``holdout_split`` sets a seeded share of the examples aside
+for an evaluation loss. ``length_grouped_batches`` makes batches of similar length in a
 seeded order, so padding stays small without sorting the whole epoch. Learning-rate
 schedules live in the training core (``opd.train.trainer``).
 """
@@ -18,21 +19,46 @@ IGNORE = -100
 
 
 def encode_chat(tokenizer: Any, messages: list[dict[str, str]],
-                max_length: int | None = None,
-                enable_thinking: bool = False) -> tuple[list[int], list[int]]:
-    """(input ids, labels) for a conversation whose last turn is the assistant's reply."""
+                max_length: int | None = None, enable_thinking: bool = False,
+                turn_end: str = "eos") -> tuple[list[int], list[int]]:
+    """(input ids, labels) for a conversation whose last turn is the assistant's reply.
+
+    The reply ends with the tokenizer's end-of-sequence token (``turn_end="eos"``) or, as
+    LlamaFactory's templates do, with whatever the chat template writes after a reply
+    (``"template"``: ``<|im_end|>`` and a newline for Qwen3), trained on like the reply.
+    """
     if not messages or messages[-1]["role"] != "assistant":
         raise ValueError("an SFT example must end with an assistant turn")
     head = tokenizer.apply_chat_template(messages[:-1], tokenize=False,
                                          add_generation_prompt=True,
                                          enable_thinking=enable_thinking)
     head_ids = tokenizer(head, add_special_tokens=False)["input_ids"]
-    tail_ids = tokenizer(messages[-1]["content"] + tokenizer.eos_token,
-                         add_special_tokens=False)["input_ids"]
+    reply = messages[-1]["content"]
+    if turn_end == "template":
+        full = tokenizer.apply_chat_template(messages, tokenize=False,
+                                             enable_thinking=enable_thinking)
+        if not full.startswith(head + reply):
+            raise ValueError("the chat template does not write the reply right after the "
+                             "generation prompt; use turn_end='eos'")
+        tail = full[len(head):]
+    else:
+        tail = reply + tokenizer.eos_token
+    tail_ids = tokenizer(tail, add_special_tokens=False)["input_ids"]
     ids, labels = head_ids + tail_ids, [IGNORE] * len(head_ids) + tail_ids
     if max_length is not None:
         ids, labels = ids[:max_length], labels[:max_length]
     return ids, labels
+
+
+def holdout_split(n: int, ratio: float, seed: int) -> tuple[list[int], list[int]]:
+    """(train, held-out) indices: a seeded ``ratio`` of ``n`` examples held out (at least one
+    when ``ratio`` > 0 and two or more examples exist), the rest in their order."""
+    order = list(range(n))
+    random.Random(seed).shuffle(order)
+    k = min(n - 1, max(1, round(ratio * n))) if ratio > 0 and n > 1 else 0
+    held = sorted(order[:k])
+    held_set = set(held)
+    return [i for i in range(n) if i not in held_set], held
 
 
 def collate(examples: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:

@@ -29,7 +29,7 @@ ROLLOUT = {"template": TEMPLATE, "temperature": 1.0, "top_p": 1.0, "max_new_toke
            "filters": {}, "teacher": "t", "prompts": "p", "shards": 1, "keep_per_prompt": 1}
 SFT = {"lr": 1e-3, "epochs": 2, "batch_size": 4, "grad_accum": 2, "warmup_ratio": 0.1,
        "max_length": 64, "checkpoint_every": 2, "seed": 0, "weight_decay": 0.0,
-       "grad_clip": 1.0, "mixed_precision": "bf16"}
+       "grad_clip": 1.0, "mixed_precision": "bf16", "holdout": 0.0}
 
 
 @pytest.fixture(scope="module")
@@ -184,3 +184,28 @@ def test_sft_runs_data_parallel_over_two_processes(setup, tmp_path):
     assert len(lines) == summary["steps"]
     assert all(json.loads(ln)["tokens"] > 0 for ln in lines)
     assert (tmp_path / "out/final/model.safetensors").exists()
+
+
+def test_sft_holds_out_examples_for_an_evaluation_loss(setup, tmp_path):
+    """As LlamaFactory's val_size: a seeded share of the SFT set is never trained on; its
+    token-mean loss is logged at every checkpoint and at the end."""
+    import math
+
+    data = tmp_path / "sft.parquet"
+    rows = [{"prompt_id": i, "messages": [
+        {"role": "user", "content": f"Start with {i}. Add 2. What is the result?"},
+        {"role": "assistant", "content": f"start: {i}\nadd 2 -> {i + 2}\nFinal: \\boxed{{{i + 2}}}"}]}
+        for i in range(40)]
+    pq.write_table(pa.Table.from_pylist(rows), data)
+    params = {**SFT, "epochs": 1, "grad_accum": 1, "holdout": 0.1, "checkpoint_every": 3}
+    proc = subprocess.run([sys.executable, "-m", "opd.stages.rollouts.cold_start_sft",
+                           "--model", str(setup / "model"), "--data", str(data),
+                           "--out", str(tmp_path / "out"), "--params", json.dumps(params),
+                           "--threads", "1"], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((tmp_path / "out/summary.json").read_text())
+    assert summary["held_out"] == 4 and summary["examples"] == 36
+    assert summary["steps"] == 36 // SFT["batch_size"]
+    lines = [json.loads(ln) for ln in (tmp_path / "out/train_log.jsonl").read_text().splitlines()]
+    assert [ln["step"] for ln in lines if "eval_loss" in ln] == [3, 6, 9]
+    assert math.isfinite(summary["final_eval_loss"]) and summary["final_eval_loss"] > 0

@@ -32,7 +32,7 @@ from opd.core.config import typed
 from opd.core.io import atomic_dir, read_table, write_json
 from opd.core.models import ModelRef
 from opd.train.pair import load_tokenizer
-from opd.train.sft import collate, encode_chat, length_grouped_batches
+from opd.train.sft import collate, encode_chat, holdout_split, length_grouped_batches
 from opd.train.trainer import Checkpoint, RunLog, lr_at, run_identity, set_lr
 
 
@@ -46,6 +46,7 @@ class SFTParams:
     grad_accum: int
     warmup_ratio: float
     max_length: int
+    holdout: float
     weight_decay: float
     grad_clip: float
     mixed_precision: str
@@ -62,7 +63,7 @@ def load_examples(path: Path, tokenizer: Any, max_length: int,
     for i, turns in enumerate(df["messages"]):
         messages = [{"role": t["role"], "content": t["content"]} for t in turns]
         try:
-            out.append(encode_chat(tokenizer, messages, max_length, thinking))
+            out.append(encode_chat(tokenizer, messages, max_length, thinking, "template"))
         except ValueError as err:
             raise SystemExit(f"{path}: row {i}: field 'messages': {err}") from None
     return out
@@ -83,7 +84,9 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     main = acc.is_main_process
     torch.manual_seed(cfg.seed)
     tok = load_tokenizer(args.model)
-    examples = load_examples(args.data, tok, cfg.max_length, args.model.thinking)
+    encoded = load_examples(args.data, tok, cfg.max_length, args.model.thinking)
+    train_idx, held_idx = holdout_split(len(encoded), cfg.holdout, cfg.seed)
+    examples, held_out = [encoded[i] for i in train_idx], [encoded[i] for i in held_idx]
     lengths = [len(ids) for ids, _ in examples]
     world, rank = acc.num_processes, acc.process_index
     per_epoch = len(epoch_batches(lengths, cfg, 0, world)) // world
@@ -135,10 +138,11 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         if world > 1:  # log the step over every process: mean loss, all tokens
             stats = acc.reduce(torch.tensor([loss_sum, float(n_tok)], device=acc.device), "sum")
             loss_sum, n_tok = stats[0].item() / world, int(stats[1].item())
-        log.write({"step": step, "epoch": epoch, "loss": loss_sum, "lr": lr,
-                   "grad_norm": grad_norm, "tokens": n_tok,
-                   "seconds": round(time.time() - t0, 3)}, step,
-                  scalars=("loss", "lr", "grad_norm"))
+        line = {"step": step, "epoch": epoch, "loss": loss_sum, "lr": lr,
+                "grad_norm": grad_norm, "tokens": n_tok, "seconds": round(time.time() - t0, 3)}
+        if held_out and (step % cfg.checkpoint_every == 0 or step == total):
+            line["eval_loss"] = eval_loss(model, held_out, tok, cfg, acc)
+        log.write(line, step, scalars=("loss", "eval_loss", "lr", "grad_norm"))
         bar.update(1)
         bar.set_postfix(loss=f"{loss_sum:.3f}")
         if step % cfg.checkpoint_every == 0 and step < total:
@@ -155,11 +159,30 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
                                                 state_dict=state_dict)
         tok.save_pretrained(tmp)
     lines = log.lines()
-    summary = {"steps": total, "examples": len(examples), "first_loss": lines[0]["loss"],
-               "final_loss": lines[-1]["loss"], "params": args.params}
+    evals = [ln["eval_loss"] for ln in lines if "eval_loss" in ln]
+    summary = {"steps": total, "examples": len(examples), "held_out": len(held_out),
+               "first_loss": lines[0]["loss"], "final_loss": lines[-1]["loss"],
+               "final_eval_loss": evals[-1] if evals else None, "params": args.params}
     write_json(args.out / "summary.json", summary)
     ckpt.remove()  # finished: a rerun (--forcerun, changed inputs) trains afresh
     return summary
+
+
+@torch.no_grad()
+def eval_loss(model: Any, examples: list[tuple[list[int], list[int]]], tok: Any,
+              cfg: SFTParams, acc: Accelerator) -> float:
+    """Token-mean loss on the held-out examples (every process runs them all: under FSDP each
+    forward pass is collective)."""
+    model.eval()
+    total, tokens = 0.0, 0
+    for s in range(0, len(examples), cfg.batch_size):
+        batch = collate(examples[s:s + cfg.batch_size], tok.pad_token_id)
+        batch = {key: v.to(acc.device) for key, v in batch.items()}
+        n = int((batch["labels"][:, 1:] != -100).sum())
+        total += model(**batch).loss.item() * n
+        tokens += n
+    model.train()
+    return total / max(1, tokens)
 
 
 def main(argv: list[str] | None = None) -> None:
