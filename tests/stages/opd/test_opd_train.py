@@ -68,6 +68,20 @@ def _lines(path):
             for ln in path.read_text().splitlines()]
 
 
+def _train(pair, out, params, teacher=None):
+    """One OPD run in this process (as the stage's command line would start it)."""
+    import argparse
+
+    from opd.stages.opd import opd_train
+
+    student, own_teacher, prompts, _ = pair
+    ns = argparse.Namespace(student=ModelRef.parse(str(student)),
+                            teacher=ModelRef.parse(str(teacher or own_teacher)),
+                            prompts={"path": str(prompts)}, out=out, params=params,
+                            benchmarks=None)
+    return opd_train.train(ns)
+
+
 def test_different_tokenizers_are_refused(small_world, tmp_path):
     from transformers import AutoTokenizer
 
@@ -138,8 +152,6 @@ def test_kill_and_resume_matches_uninterrupted(pair, tmp_path):
 def test_process_gradients_sum_to_the_full_batch_gradient(pair):
     """Data parallel: each process backpropagates its rollouts scaled by its share of the
     step's tokens; the sum over processes must be the gradient of the plain token mean."""
-    import torch
-
     from opd.train.generation import Sampling, sample_batch
     from opd.train.losses import opd_loss
     from opd.stages.opd.opd_train import OPDParams, accumulate
@@ -224,20 +236,13 @@ def test_diagnose_pair_verdicts(pair, tmp_path, thresholds, verdict):
 
 
 def test_checkpoint_of_other_settings_is_not_resumed(pair, tmp_path, monkeypatch, capsys):
-    import argparse
 
-    from opd.stages.opd import opd_train
     from opd.train.trainer import Checkpoint
 
-    student, teacher, prompts, _ = pair
     out = tmp_path / "run"
 
     def run(params):
-        ns = argparse.Namespace(student=ModelRef.parse(str(student)),
-                                teacher=ModelRef.parse(str(teacher)),
-                                prompts={"path": str(prompts)}, out=out, params=params,
-                                benchmarks=None)
-        opd_train.train(ns)
+        _train(pair, out, params)
 
     monkeypatch.setattr(Checkpoint, "remove", lambda self: None)  # a run that stopped late
     run(PARAMS)
@@ -267,8 +272,6 @@ def test_micro_batch_metrics_reweight_around_undefined_values():
 
 def test_rollout_batch_from_ids_matches_sampled_layout(pair):
     """Rollouts sampled elsewhere (vLLM returns token ids) are laid out as sample_batch does."""
-    import torch
-
     from opd.train.generation import Sampling, rollout_batch, sample_batch
     from opd.train.pair import load_pair
     from opd.core.prompts import chat_prompt
@@ -301,7 +304,6 @@ def test_external_generator_is_synced_after_every_step(pair, tmp_path, monkeypat
     """A separate generator (vLLM on a GPU) must sample from the weights being trained: a
     stand-in that samples from its own copy of the student, refreshed by sync(), gives exactly
     the run of the student sampling itself; without the sync it would drift from step 1."""
-    import argparse
     import copy
 
     from opd.stages.opd import opd_train
@@ -320,15 +322,10 @@ def test_external_generator_is_synced_after_every_step(pair, tmp_path, monkeypat
             self.model.load_state_dict(copy.deepcopy(model.state_dict()))
             self.syncs += 1
 
-    student, teacher, prompts, _ = pair
     params = {**PARAMS, "steps": 3, "variant": "full"}
 
     def run(out):
-        ns = argparse.Namespace(student=ModelRef.parse(str(student)),
-                                teacher=ModelRef.parse(str(teacher)),
-                                prompts={"path": str(prompts)}, out=out, params=params,
-                                benchmarks=None)
-        return opd_train.train(ns)
+        return _train(pair, out, params)
 
     run(tmp_path / "self")
     made = []
@@ -343,22 +340,11 @@ def test_several_updates_per_batch_clip_against_the_rollout_policy(pair, tmp_pat
     """updates_per_batch > 1: every batch gives that many optimizer steps, the first at the
     rollout policy (ratio 1: the on-policy loss and metrics), the later ones clipped against
     the rollout policy's log-probs; the lr follows lr_schedule."""
-    import argparse
-
-    import torch
-
-    from opd.stages.opd import opd_train
     from opd.train.trainer import Checkpoint
-
-    student, teacher, prompts, _ = pair
 
     def run(out, **over):
         params = {**PARAMS, "steps": 3, "checkpoint_every": 1, "variant": "full", **over}
-        ns = argparse.Namespace(student=ModelRef.parse(str(student)),
-                                teacher=ModelRef.parse(str(teacher)),
-                                prompts={"path": str(prompts)}, out=out, params=params,
-                                benchmarks=None)
-        opd_train.train(ns)
+        _train(pair, out, params)
         return _lines(out / "metrics.jsonl")
 
     once = run(tmp_path / "once")
@@ -376,8 +362,6 @@ def test_several_updates_per_batch_clip_against_the_rollout_policy(pair, tmp_pat
 
 def test_rollout_logprobs_give_the_on_policy_loss(pair):
     """Clipping against log-probs of the current weights changes nothing: ratio 1."""
-    import torch
-
     from opd.stages.opd.opd_train import OPDParams, accumulate, micro_batches, rollout_logprobs
     from opd.train.generation import Sampling, sample_batch
     from opd.train.pair import load_pair, response_logits
@@ -411,23 +395,17 @@ def test_changed_input_or_rerun_retrains(pair, tmp_path, monkeypatch, capsys):
     """A checkpoint is resumed only by the very same run: after the teacher's weights change
     under the same path it is set aside, and a finished run leaves none, so a rerun
     (--forcerun) trains afresh."""
-    import argparse
     import shutil
 
-    from opd.stages.opd import opd_train
     from opd.train.trainer import Checkpoint
 
-    student, teacher, prompts, _ = pair
+    student, teacher, _, _ = pair
     params = {**PARAMS, "steps": 3, "checkpoint_every": 1}
     own_teacher = tmp_path / "teacher"
     shutil.copytree(teacher, own_teacher)
 
     def run(out, teacher_dir):
-        ns = argparse.Namespace(student=ModelRef.parse(str(student)),
-                                teacher=ModelRef.parse(str(teacher_dir)),
-                                prompts={"path": str(prompts)}, out=out, params=params,
-                                benchmarks=None)
-        opd_train.train(ns)
+        _train(pair, out, params, teacher_dir)
         return load_file(out / "final/model.safetensors"), _lines(out / "metrics.jsonl")
 
     first, first_lines = run(tmp_path / "a", own_teacher)
@@ -453,20 +431,13 @@ def test_changed_input_or_rerun_retrains(pair, tmp_path, monkeypatch, capsys):
 
 def test_corrupt_newest_checkpoint_falls_back_and_finishes_like_the_uninterrupted_run(
         pair, tmp_path, monkeypatch, capsys):
-    import argparse
 
-    from opd.stages.opd import opd_train
     from opd.train.trainer import Checkpoint
 
-    student, teacher, prompts, _ = pair
     params = {**PARAMS, "steps": 6, "checkpoint_every": 2, "validation_every": 1000}
 
     def run(out):
-        ns = argparse.Namespace(student=ModelRef.parse(str(student)),
-                                teacher=ModelRef.parse(str(teacher)),
-                                prompts={"path": str(prompts)}, out=out, params=params,
-                                benchmarks=None)
-        opd_train.train(ns)
+        _train(pair, out, params)
 
     run(tmp_path / "ref")
     out = tmp_path / "crash"
@@ -556,7 +527,7 @@ def test_validation_prompts_the_benchmarks_with_their_own_template(monkeypatch):
             return self
 
     monkeypatch.setattr(opd_train, "generate", fake_generate)
-    monkeypatch.setattr(opd_train, "chat_prompt", lambda tok, text: text)
+    monkeypatch.setattr(opd_train, "chat_prompt", lambda tok, text, thinking=False: text)
     cfg = opd_train.OPDParams.from_config({**PARAMS, "template": "TRAIN {problem} Answer:"})
     out = opd_train.validate(Stub(), None, {"b": pd.DataFrame({"problem": ["1+2"], "answer": ["3"]})},
                              cfg, seed=0)
