@@ -546,3 +546,10 @@ def test_prompt_order_in_file_order_or_seeded_epochs():
     assert sorted(first) == sorted(second) == list(range(5)) and first != list(range(5))
     again = PromptOrder(5, seed=3, shuffle=True, position=5)
     assert again.take(5) == second  # resumes mid-run from its position
+
+
+def test_steps_null_is_one_epoch_over_the_prompts(pair, tmp_path):
+    """5 prompts, 2 per step: one epoch is 2 full steps (the incomplete batch is dropped)."""
+    _train(pair, tmp_path / "epoch", {**PARAMS, "steps": None, "checkpoint_every": 10})
+    assert [ln["step"] for ln in _lines(tmp_path / "epoch/metrics.jsonl")] == [0, 1]
+    assert json.loads((tmp_path / "epoch/summary.json").read_text())["steps"] == 2

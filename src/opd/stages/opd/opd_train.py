@@ -89,7 +89,7 @@ class OPDParams:
     checkpoint_every: int
     validation_every: int
     validation: Validation
-    steps: int
+    steps: int | None  # None: one epoch over the prompt set
     seed: int
     template: str
 
@@ -274,6 +274,10 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
                                       str(ckpt.current) if resumed else None, on=acc.device)
     opt = torch.optim.AdamW(student.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     prompts = fitting_prompts(load_prompt_set(args.prompts), tok, cfg, args.student.thinking)
+    if cfg.steps is None:  # one epoch, as the official runs; verl drops an incomplete batch
+        cfg.steps = max(1, len(prompts) // cfg.prompts_per_step)
+        if main:
+            print(f"one epoch over {len(prompts)} prompts: {cfg.steps} steps")
     order = PromptOrder(len(prompts), cfg.seed, cfg.shuffle)
     start = 0
     if resumed:
