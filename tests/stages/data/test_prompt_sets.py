@@ -108,7 +108,7 @@ def test_select_scores_teacher_minus_student(tmp_path, monkeypatch):
         return Oracle(teacher if model == "T" else student), Tok()
 
     monkeypatch.setattr(select_prompts, "make_engine", fake_engine)
-    monkeypatch.setattr(select_prompts, "chat_prompt", lambda tok, text: text)
+    monkeypatch.setattr(select_prompts, "chat_prompt", lambda tok, text, thinking=False: text)
     cfg = {"engine": "transformers", "batch_size": 4, "tensor_parallel_size": 1, "seed": 0,
            "n": 4, "temperature": 0.7, "top_p": 0.95, "max_new_tokens": 8,
            "template": "{problem}", "min_score": 0.25, "max_prompts": None,
