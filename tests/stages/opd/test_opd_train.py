@@ -82,6 +82,21 @@ def _train(pair, out, params, teacher=None):
     return opd_train.train(ns)
 
 
+def _sampled(pair, n, seed, max_new_tokens, temperature):
+    """(student, teacher, rollouts): n seeded student samples on simple prompts."""
+    from opd.core.prompts import chat_prompt
+    from opd.train.generation import Sampling, sample_batch
+    from opd.train.pair import load_pair
+
+    student_dir, teacher_dir, _, _ = pair
+    tok, student, teacher = load_pair(str(student_dir), str(teacher_dir))
+    torch.manual_seed(seed)
+    texts = [chat_prompt(tok, f"Start with {i}. The changes are +1, +2.") for i in range(n)]
+    batch = sample_batch(student, tok, texts,
+                         Sampling(max_new_tokens=max_new_tokens, temperature=temperature))
+    return student, teacher, batch
+
+
 def test_different_tokenizers_are_refused(small_world, tmp_path):
     from transformers import AutoTokenizer
 
@@ -152,17 +167,12 @@ def test_kill_and_resume_matches_uninterrupted(pair, tmp_path):
 def test_process_gradients_sum_to_the_full_batch_gradient(pair):
     """Data parallel: each process backpropagates its rollouts scaled by its share of the
     step's tokens; the sum over processes must be the gradient of the plain token mean."""
-    from opd.train.generation import Sampling, sample_batch
     from opd.train.losses import opd_loss
     from opd.stages.opd.opd_train import OPDParams, accumulate
-    from opd.train.pair import load_pair, response_logits
-    from opd.core.prompts import chat_prompt
+    from opd.train.pair import response_logits
 
-    student_dir, teacher_dir, _, _ = pair
-    tok, student, teacher = load_pair(str(student_dir), str(teacher_dir))
-    torch.manual_seed(0)
-    texts = [chat_prompt(tok, f"Start with {i}. The changes are +1, +2.") for i in range(6)]
-    batch = sample_batch(student, tok, texts, Sampling(max_new_tokens=10, temperature=1.0))
+    student, teacher, batch = _sampled(pair, n=6, seed=0, max_new_tokens=10,
+                                        temperature=1.0)
     cfg = OPDParams.from_config({**PARAMS, "variant": "full", "micro_batch_size": 2})
     total = int(batch.response_mask.sum())
 
@@ -261,13 +271,15 @@ def test_micro_batch_metrics_reweight_around_undefined_values():
     from opd.stages.opd.opd_train import weighted_means
 
     nan = float("nan")
-    parts = [({"loss": 1.0, "overlap_advantage": nan}, 10),
-             ({"loss": 4.0, "overlap_advantage": -2.0}, 30),
-             ({"loss": 2.0, "overlap_advantage": -1.0}, 10)]
+    tokens = ({"loss": 10, "overlap_advantage": 10}, {"loss": 30, "overlap_advantage": 30},
+              {"loss": 10, "overlap_advantage": 10})
+    parts = [({"loss": 1.0, "overlap_advantage": nan}, tokens[0]),
+             ({"loss": 4.0, "overlap_advantage": -2.0}, tokens[1]),
+             ({"loss": 2.0, "overlap_advantage": -1.0}, tokens[2])]
     out = weighted_means(parts)
     assert out["loss"] == pytest.approx((10 * 1 + 30 * 4 + 10 * 2) / 50)
     assert out["overlap_advantage"] == pytest.approx((30 * -2 + 10 * -1) / 40)
-    assert weighted_means([({"x": nan}, 5)]) == {}
+    assert weighted_means([({"x": nan}, {"x": 5})]) == {}
 
 
 def test_rollout_batch_from_ids_matches_sampled_layout(pair):
@@ -363,15 +375,10 @@ def test_several_updates_per_batch_clip_against_the_rollout_policy(pair, tmp_pat
 def test_rollout_logprobs_give_the_on_policy_loss(pair):
     """Clipping against log-probs of the current weights changes nothing: ratio 1."""
     from opd.stages.opd.opd_train import OPDParams, accumulate, micro_batches, rollout_logprobs
-    from opd.train.generation import Sampling, sample_batch
-    from opd.train.pair import load_pair, response_logits
-    from opd.core.prompts import chat_prompt
+    from opd.train.pair import response_logits
 
-    student_dir, teacher_dir, _, _ = pair
-    tok, student, teacher = load_pair(str(student_dir), str(teacher_dir))
-    torch.manual_seed(1)
-    texts = [chat_prompt(tok, f"Start with {i}. The changes are +1, +2.") for i in range(4)]
-    batch = sample_batch(student, tok, texts, Sampling(max_new_tokens=8, temperature=1.0))
+    student, teacher, batch = _sampled(pair, n=4, seed=1, max_new_tokens=8,
+                                        temperature=1.0)
     total = int(batch.response_mask.sum())
     for variant in ("sampled", "full"):
         cfg = OPDParams.from_config({**PARAMS, "variant": variant, "micro_batch_size": 2})
@@ -460,17 +467,12 @@ def test_corrupt_newest_checkpoint_falls_back_and_finishes_like_the_uninterrupte
 
 
 def test_sampling_temperature_scales_the_student_logits_in_the_loss(pair):
-    from opd.core.prompts import chat_prompt
     from opd.stages.opd.opd_train import OPDParams, accumulate
-    from opd.train.generation import Sampling, sample_batch
     from opd.train.losses import opd_loss
-    from opd.train.pair import load_pair, response_logits
+    from opd.train.pair import response_logits
 
-    student_dir, teacher_dir, _, _ = pair
-    tok, student, teacher = load_pair(str(student_dir), str(teacher_dir))
-    torch.manual_seed(2)
-    texts = [chat_prompt(tok, f"Start with {i}. The changes are +1, +2.") for i in range(3)]
-    batch = sample_batch(student, tok, texts, Sampling(max_new_tokens=8, temperature=2.0))
+    student, teacher, batch = _sampled(pair, n=3, seed=2, max_new_tokens=8,
+                                        temperature=2.0)
     cfg = OPDParams.from_config({**PARAMS, "variant": "full", "micro_batch_size": 8,
                                  "temperature": 2.0, "chunk_size": None})
     parts, _ = accumulate(student, teacher, batch, cfg, int(batch.response_mask.sum()))

@@ -381,41 +381,36 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     return summary
 
 
-def weighted_means(parts: list[tuple[dict[str, float], dict[str, float] | float]]
-                   ) -> dict[str, float]:
+def weighted_means(parts: list[tuple[dict[str, float], dict[str, float]]]) -> dict[str, float]:
     """Each metric pooled over micro-batches (and processes): its values weighted by what
-    stands behind each (valid tokens, or a pooled metric's entries; one weight for every
-    metric when a number is given). A metric undefined (NaN) in a micro-batch is averaged over
-    the others only; one undefined everywhere is left out."""
+    stands behind each (valid tokens, or a pooled metric's entries). A metric undefined (NaN)
+    in a micro-batch is averaged over the others only; one undefined everywhere is left out."""
     sums: dict[str, list[float]] = {}
     for metrics, weights in parts:
         for k, v in metrics.items():
-            w = weights[k] if isinstance(weights, dict) else weights
-            if not math.isnan(v) and w > 0:
+            if not math.isnan(v) and weights[k] > 0:
                 acc = sums.setdefault(k, [0.0, 0.0])
-                acc[0] += v * w
-                acc[1] += w
+                acc[0] += v * weights[k]
+                acc[1] += weights[k]
     return {k: num / den for k, (num, den) in sums.items()}
 
 
+BUCKET_HEAD = ("bucket", "start", "tokens", "weights")
+
+
 def merge_buckets(buckets: list[dict]) -> list[dict]:
-    """Per-micro-batch position buckets pooled like ``weighted_means`` (NaN values left out)."""
-    sums: dict[int, dict[str, list[float]]] = {}
-    heads: dict[int, dict[str, int]] = {}
+    """Per-micro-batch position buckets, each position bucket pooled by ``weighted_means``."""
+    by_index: dict[int, list[dict]] = {}
     for b in buckets:
-        head = heads.setdefault(b["bucket"], {"bucket": b["bucket"], "start": b["start"], "tokens": 0})
-        head["tokens"] += b["tokens"]
-        for k, v in b.items():
-            if k in head or k == "weights" or math.isnan(v):
-                continue
-            w = b["weights"][k] if "weights" in b else b["tokens"]
-            if w <= 0:
-                continue
-            acc = sums.setdefault(b["bucket"], {}).setdefault(k, [0.0, 0.0])
-            acc[0] += v * w
-            acc[1] += w
-    return [{**heads[i], **{k: s / c for k, (s, c) in sums.get(i, {}).items()}}
-            for i in sorted(heads)]
+        by_index.setdefault(b["bucket"], []).append(b)
+    out = []
+    for i in sorted(by_index):
+        group = by_index[i]
+        values = [({k: v for k, v in b.items() if k not in BUCKET_HEAD}, b["weights"])
+                  for b in group]
+        out.append({"bucket": i, "start": group[0]["start"],
+                    "tokens": sum(b["tokens"] for b in group), **weighted_means(values)})
+    return out
 
 
 def main(argv: list[str] | None = None) -> None:
