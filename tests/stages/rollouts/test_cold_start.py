@@ -52,6 +52,15 @@ def _rollout_cmd(root, out, shard=0, shards=1):
             "--params", json.dumps(ROLLOUT)]
 
 
+def write_sft_set(path, n):
+    """An SFT set of n tally-pattern chats in the `messages` schema."""
+    rows = [{"prompt_id": i, "messages": [
+        {"role": "user", "content": f"Start with {i}. Add 2. What is the result?"},
+        {"role": "assistant", "content": f"start: {i}\nadd 2 -> {i + 2}\nFinal: \\boxed{{{i + 2}}}"}]}
+        for i in range(n)]
+    pq.write_table(pa.Table.from_pylist(rows), path)
+
+
 def test_shards_partition_the_prompt_set():
     parts = [shard_indices(11, s, 3) for s in range(3)]
     assert sorted(i for p in parts for i in p) == list(range(11))
@@ -126,11 +135,7 @@ def test_empty_filter_fails_and_sft_resumes_after_kill(setup, tmp_path):
     # and the stage fails instead of writing an empty SFT set
     assert proc.returncode != 0 and "no response passed the filters" in proc.stderr
     assert not data.exists() and not stats.exists()
-    rows = [{"prompt_id": i, "messages": [
-        {"role": "user", "content": f"Start with {i}. Add 2. What is the result?"},
-        {"role": "assistant", "content": f"start: {i}\nadd 2 -> {i + 2}\nFinal: \\boxed{{{i + 2}}}"}]}
-        for i in range(40)]
-    pq.write_table(pa.Table.from_pylist(rows), data)
+    write_sft_set(data, 40)
 
     def cmd(out):
         return [sys.executable, "-m", "opd.stages.rollouts.cold_start_sft", "--model", str(setup / "model"),
@@ -166,11 +171,7 @@ def test_sft_runs_data_parallel_over_two_processes(setup, tmp_path):
     """The multi-process path (as under `accelerate launch` on GPUs), here two CPU processes
     over gloo: each takes half of every epoch's batches, so there are half as many updates."""
     data = tmp_path / "sft.parquet"
-    rows = [{"prompt_id": i, "messages": [
-        {"role": "user", "content": f"Start with {i}. Add 2. What is the result?"},
-        {"role": "assistant", "content": f"start: {i}\nadd 2 -> {i + 2}\nFinal: \\boxed{{{i + 2}}}"}]}
-        for i in range(32)]
-    pq.write_table(pa.Table.from_pylist(rows), data)
+    write_sft_set(data, 32)
     params = {**SFT, "epochs": 1, "grad_accum": 1, "checkpoint_every": 100}
     torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
     proc = subprocess.run([torchrun, "--nproc_per_node", "2", "-m", "opd.stages.rollouts.cold_start_sft",
@@ -192,11 +193,7 @@ def test_sft_holds_out_examples_for_an_evaluation_loss(setup, tmp_path):
     import math
 
     data = tmp_path / "sft.parquet"
-    rows = [{"prompt_id": i, "messages": [
-        {"role": "user", "content": f"Start with {i}. Add 2. What is the result?"},
-        {"role": "assistant", "content": f"start: {i}\nadd 2 -> {i + 2}\nFinal: \\boxed{{{i + 2}}}"}]}
-        for i in range(40)]
-    pq.write_table(pa.Table.from_pylist(rows), data)
+    write_sft_set(data, 40)
     params = {**SFT, "epochs": 1, "grad_accum": 1, "holdout": 0.1, "checkpoint_every": 3}
     proc = subprocess.run([sys.executable, "-m", "opd.stages.rollouts.cold_start_sft",
                            "--model", str(setup / "model"), "--data", str(data),
