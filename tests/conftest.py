@@ -85,6 +85,19 @@ def copy_workflow(dest: Path) -> Path:
     return dest
 
 
+def cache_released(work: Path, configfile: str = "config/paper.yaml") -> list[str]:
+    """Empty stand-ins for a config's released files in its offline cache, so that a dry run
+    with ``offline=true`` plans without the network; returns the ``--config`` override."""
+    import yaml
+
+    cfg = yaml.safe_load((work / configfile).read_text())
+    cache = work / cfg.get("released_cache", "released")
+    cache.mkdir(parents=True, exist_ok=True)
+    for name, spec in cfg.get("released", {}).items():
+        (cache / (name + os.path.splitext(spec["url"])[1])).touch()
+    return ["--config", "offline=true"]
+
+
 def run_snakemake(args: list[str], cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
     """Run this environment's snakemake in ``cwd``, with its bin directory first on PATH."""
     exe = Path(sys.executable).with_name("snakemake")

@@ -10,7 +10,7 @@ import yaml
 
 from opd.core.config import ConfigError, load, validate
 
-from conftest import REPO, copy_workflow, run_snakemake
+from conftest import REPO, cache_released, copy_workflow, run_snakemake
 
 
 @pytest.fixture(scope="module")
@@ -80,6 +80,12 @@ def test_defaults_are_filled(tiny):
     (lambda c: c["prompt_selection"]["strong_gain"].update(min_score=2),
      "prompt_selection.strong_gain.min_score"),
     (lambda c: c["opd"].update(generator="tgi"), "opd.generator"),
+    (lambda c: c.update(released={"x": {"url": "https://h/x.parquet", "sha256": "0" * 64,
+                                        "strip_template": "nope"}}), "released.x.strip_template"),
+    (lambda c: c.update(released={"x": {"url": "http://h/x.parquet", "sha256": "0" * 64}}),
+     "released.x.url"),
+    (lambda c: c.update(released={"x": {"url": "https://h/x.parquet", "sha256": "abc"}}),
+     "released.x.sha256"),
 ])
 def test_bad_config_names_the_key(tiny, mutate, key):
     cfg = copy.deepcopy(tiny)
@@ -111,7 +117,8 @@ def test_bad_config_stops_before_any_job(workdir):
 
 
 def test_paper_config_replaces_the_tiny_default(workdir):
-    proc = run_snakemake(["-n", "--configfile", "config/paper.yaml"], workdir)
+    proc = run_snakemake(["-n", "--configfile", "config/paper.yaml",
+                          *cache_released(workdir)], workdir)
     assert proc.returncode == 0, proc.stderr
     assert "build_tiny_world" not in proc.stdout  # the paper world builds no tiny data
     for rule in ("teacher_rollouts", "filter_rollouts", "cold_start_sft", "evaluate"):
@@ -145,6 +152,17 @@ def test_numbers_given_as_strings_are_read_as_numbers(tiny):
     assert out["opd"]["top_k"] == 8 and isinstance(out["opd"]["top_k"], int)
     assert out["tiny_world"]["dapo"] == 12
     assert out["experiments"][first]["opd"]["lr"] == 0.001
+
+
+def test_booleans_given_as_strings_are_read_as_booleans(tiny):
+    for text, value in (("true", True), ("False", False)):
+        cfg = copy.deepcopy(tiny)
+        cfg["offline"] = text                       # --config offline=true arrives as a string
+        assert validate(cfg)["offline"] is value
+    cfg = copy.deepcopy(tiny)
+    cfg["offline"] = "yes please"
+    with pytest.raises(ConfigError, match="offline: 'yes please' is not of type 'boolean'$"):
+        validate(cfg)
 
 
 @pytest.mark.parametrize("key, value", [("lr", "fast"), ("top_k", "2.5")])

@@ -86,6 +86,23 @@ def dataset_input(name):
     return [spec["path"]] if "path" in spec else []
 
 
+def released_input(wildcards):
+    """A released file: its URL through Snakemake's HTTP storage (downloaded by the job), or,
+    with offline: true, the copy in released_cache named after the entry and the URL's suffix."""
+    url = config["released"][wildcards.name]["url"]
+    if config["offline"]:
+        suffix = os.path.splitext(url.rsplit("/", 1)[-1])[1]
+        return os.path.join(config["released_cache"], wildcards.name + suffix)
+    return storage.http(url)
+
+
+def released_params(name):
+    spec = dict(config["released"][name])
+    template = spec["strip_template"]
+    spec["strip_template"] = None if template is None else config["templates"][template]
+    return spec
+
+
 def planted_input():
     """The tiny world's planted-duplicate ground truth, scored by the dedup stage."""
     return [f"{TINY_WORLD_DIR}/deepmath_planted.parquet"] if config["world"] == "tiny" else []
@@ -176,6 +193,7 @@ def all_targets():
         f"{RESULTS}/tables/dedup.md",
         f"{RESULTS}/tables/dedup.csv",
     ]
+    targets += [f"{RESULTS}/released/{name}.parquet" for name in config["released"]]
     if "dapo" in config["datasets"]:
         targets.append(f"{RESULTS}/data/dapo_prompts.parquet")
     targets += [f"{RESULTS}/diagnose/{e}.json" for e in diagnosed_experiments()]

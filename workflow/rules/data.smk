@@ -189,3 +189,28 @@ rule select_prompts:
         "python -m opd.stages.data.select_prompts --prompts {params.prompts:q} --teacher {params.teacher:q}"
         " {params.student} --out {output.prompts:q} --stats {output.stats:q}"
         " --params {params.cfg:q} --threads {threads} > {log:q} 2>&1"
+
+
+rule fetch_released:
+    """A file published with the paper (config `released:`), sha256-checked and flattened."""
+    input:
+        released_input,
+    output:
+        prompts=f"{RESULTS}/released/{{name}}.parquet",
+        stats=f"{RESULTS}/released/{{name}}.stats.json",
+    wildcard_constraints:
+        name="|".join(config["released"]) or "__none__",
+    params:
+        cfg=lambda w: as_json(released_params(w.name)),
+    log:
+        log_path("fetch_released", "{name}"),
+    benchmark:
+        bench_path("fetch_released", "{name}")
+    threads: 1
+    resources:
+        **rule_resources("fetch_released"),
+    conda:
+        "../../envs/cpu.yaml"
+    shell:
+        "python -m opd.stages.data.fetch_released --source {input:q} --out {output.prompts:q}"
+        " --stats {output.stats:q} --params {params.cfg:q} > {log:q} 2>&1"

@@ -53,8 +53,11 @@ def _key(error: jsonschema.ValidationError) -> str:
     return path or "<top level>"
 
 
-def _as_number(text: str, types: list[str]) -> int | float | None:
-    """``text`` as the schema's numeric type, or None when it is not one ("3e-4" -> 0.0003)."""
+def _as_number(text: str, types: list[str]) -> int | float | bool | None:
+    """``text`` as the schema's numeric (or boolean) type, or None when it is not one
+    ("3e-4" -> 0.0003, "true" -> True)."""
+    if "boolean" in types and text.strip().lower() in ("true", "false"):
+        return text.strip().lower() == "true"
     try:
         value = float(text.strip())
     except ValueError:
@@ -66,7 +69,7 @@ def _as_number(text: str, types: list[str]) -> int | float | None:
 
 
 def coerce_numbers(instance: Any, validator: Any) -> None:
-    """Numbers given as strings, where the schema wants a number: nested ``--config``
+    """Numbers (and booleans) given as strings, where the schema wants one: ``--config``
     overrides arrive as strings, and YAML 1.1 reads ``3e-4`` (no dot) as a string. Each
     is replaced in place by its value; a string that does not parse is left to the
     validator's error."""
@@ -76,7 +79,7 @@ def coerce_numbers(instance: Any, validator: Any) -> None:
             types = err.validator_value if isinstance(err.validator_value, list) \
                 else [err.validator_value]
             if err.validator != "type" or not isinstance(err.instance, str) \
-                    or not {"number", "integer"} & set(types):
+                    or not {"number", "integer", "boolean"} & set(types):
                 continue
             value = _as_number(err.instance, types)
             if value is None or not err.absolute_path:
@@ -101,7 +104,8 @@ def validate(config: dict[str, Any], schema: dict[str, Any] | None = None) -> di
         for e in errors:
             if e.validator == "additionalProperties":
                 lines.append(f"{_key(e)}: unknown key (not in the config schema)")
-            elif e.validator == "type" and isinstance(e.instance, str):
+            elif e.validator == "type" and isinstance(e.instance, str) and e.validator_value \
+                    not in ("boolean", ["boolean"]):
                 lines.append(f"{_key(e)}: {e.message} (write a number such as 0.0003 or "
                              "3.0e-4, without quotes)")
             else:
@@ -149,6 +153,11 @@ def _check_references(config: dict[str, Any]) -> None:
             if spec.get(key) is not None and spec[key] not in config.get(registry, {}):
                 raise ConfigError(f"prompt_selection.{name}.{key}: unknown {registry} entry "
                                   f"{spec[key]!r}")
+    for name, spec in config.get("released", {}).items():
+        template = spec.get("strip_template")
+        if template is not None and template not in config.get("templates", {}):
+            raise ConfigError(f"released.{name}.strip_template: unknown templates entry "
+                              f"{template!r}")
     clash = set(config.get("experiments", {})) & set(config.get("models", {}))
     if clash:
         raise ConfigError(f"experiments.{sorted(clash)[0]}: an experiment may not share its name "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -34,6 +35,15 @@ def publish(path: Path | str) -> None:
             os.chmod(sub, (0o777 if sub.is_dir() else 0o666) & ~mask)
     else:
         os.chmod(path, 0o666 & ~mask)
+
+
+def file_sha256(path: Path | str) -> str:
+    """sha256 of a file's bytes, read in blocks."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 class UnreadableFile(ValueError):

@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from opd.core.io import write_json
+from opd.core.io import file_sha256, write_json
 from opd.core.logging import read_jsonl, tensorboard
 
 SCHEDULES = ("constant", "cosine")
@@ -101,26 +101,18 @@ class RunLog:
             self.writer.close()
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def fingerprint(location: str | Path) -> str:
     """The content of an input: sha256 over a file's bytes, or over a directory's files
     (relative names and bytes). A location that is not on disk (a hub id) stands for itself;
     pin its ``revision`` to make it a content."""
     path = Path(location)
     if path.is_file():
-        return _sha256(path)
+        return file_sha256(path)
     if not path.is_dir():
         return f"not on disk: {location}"
     digest = hashlib.sha256()
     for f in sorted(p for p in path.rglob("*") if p.is_file()):
-        digest.update(str(f.relative_to(path)).encode() + b"\0" + _sha256(f).encode())
+        digest.update(str(f.relative_to(path)).encode() + b"\0" + file_sha256(f).encode())
     return digest.hexdigest()
 
 
@@ -208,7 +200,7 @@ class Checkpoint:
             if f.stat().st_size != want["size"]:
                 raise CorruptCheckpoint(f"{f} has {f.stat().st_size} bytes, {want['size']} "
                                         "were saved")
-            if _sha256(f) != want["sha256"]:
+            if file_sha256(f) != want["sha256"]:
                 raise CorruptCheckpoint(f"{f} does not match its saved sha256")
         return state
 
@@ -231,7 +223,7 @@ class Checkpoint:
                                                "identity": self.identity})
             files = sorted(p for p in self.tmp.rglob("*") if p.is_file())
             write_json(self.tmp / self.MANIFEST, {
-                str(f.relative_to(self.tmp)): {"size": f.stat().st_size, "sha256": _sha256(f)}
+                str(f.relative_to(self.tmp)): {"size": f.stat().st_size, "sha256": file_sha256(f)}
                 for f in files})
             if self.path.exists():
                 if self.prev.exists():

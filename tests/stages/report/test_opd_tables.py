@@ -90,6 +90,9 @@ def test_tables_from_fixture_metrics(results, tmp_path):
     assert df.loc["good", "overlap_ratio_initial"] == pytest.approx(0.6)
     assert df.loc["good", "overlap_ratio_final"] == pytest.approx(0.9)
     assert df.loc["good", "overlap_change"] == pytest.approx(0.3)
+    # every mechanism metric has its change, end minus start (reverse KL here is 1 - overlap)
+    assert df.loc["good", "reverse_kl_change"] == pytest.approx(-0.3)
+    assert df.loc["good", "entropy_gap_change"] == pytest.approx(0.0)
     assert df.loc["bad", "overlap_ratio_initial"] == pytest.approx(0.25)
     student = (40 * 0.25 + 120 * 0.5) / 160
     assert df.loc["good", "accuracy_student"] == pytest.approx(student)

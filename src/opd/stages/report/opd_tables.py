@@ -60,7 +60,7 @@ def experiment_row(name: str, exp: dict[str, Any], metrics: Path,
     for key in MECHANISM:
         row[f"{key}_initial"] = window_mean(first, key)
         row[f"{key}_final"] = window_mean(last, key)
-    row["overlap_change"] = row["overlap_ratio_final"] - row["overlap_ratio_initial"]
+        row[f"{key.removesuffix('_ratio')}_change"] = row[f"{key}_final"] - row[f"{key}_initial"]
     for b in final:
         row[f"{b}_avg"] = final[b]["avg_at_n"]
         row[f"{b}_pass"] = final[b]["pass_at_n"]
