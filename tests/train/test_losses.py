@@ -241,7 +241,9 @@ def test_bad_arguments():
     tok, m = torch.zeros(1, 2, dtype=torch.long), torch.ones(1, 2)
     with pytest.raises(ValueError, match="variant"):
         opd_loss(x, x, tok, m, variant="forward")
-    with pytest.raises(ValueError, match="share a vocabulary"):
-        opd_loss(x, torch.zeros(1, 2, 6), tok, m, variant="topk", top_k=2)
+    with pytest.raises(ValueError, match="at least as wide"):
+        opd_loss(torch.zeros(1, 2, 6), x, tok, m, variant="topk", top_k=2)
+    with pytest.raises(ValueError, match="do not fit"):
+        opd_loss(x, torch.zeros(1, 3, 5), tok, m, variant="topk", top_k=2)
     with pytest.raises(ValueError, match="top_k"):
         opd_loss(x, x, tok, m, variant="topk", top_k=6)

@@ -19,6 +19,13 @@ KL(p || q) and the gradient is exactly its gradient.
 ``chunk_size`` processes the sequence in slices: teacher log-probs are computed without
 autograd and the student's log-softmax is recomputed in the backward pass (activation
 checkpointing), so no full [B, T, V] float32 log-softmax copy is kept for either model.
+
+``opd_loss_hidden`` takes final hidden states and the two LM heads instead of logits. Chunk by
+chunk of positions it applies each head, computes the metrics, the loss and the gradient of
+the loss with respect to that chunk's student logits, and folds it at once into the gradients
+of the student's hidden states and head (as fused linear + cross-entropy kernels do); the
+backward pass only scales them. No tensor wider than one chunk of the vocabulary ever exists,
+and the head's matrix products run once each, as in a plain implementation.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ import math
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 VARIANTS = ("sampled", "topk", "full")
@@ -132,7 +140,7 @@ def _chunk_objective(stu: torch.Tensor, tea: torch.Tensor, *rest: object) -> tor
     """``_objective`` computing the log-probs itself, so that under activation checkpointing
     the backward pass recomputes them instead of keeping them."""
     with torch.no_grad():
-        logq = torch.log_softmax(tea.float(), dim=-1)
+        logq = teacher_logprobs(tea, stu.shape[-1])
         logp = torch.log_softmax(stu.detach().float(), dim=-1)
     return _objective(stu, logp, logq, *rest)
 
@@ -211,7 +219,9 @@ class _Accumulator:
     buckets: dict[int, dict[str, list[float]]] = field(default_factory=dict)
 
     def add(self, per_tok: dict[str, torch.Tensor], weights: dict[str, torch.Tensor],
-            mask_BC: torch.Tensor, start: int) -> None:
+            mask_BC: torch.Tensor, start: int, positions: torch.Tensor | None = None) -> None:
+        """One chunk's per-token values; its response positions are ``start`` onwards, or
+        ``positions`` [B, C] when the chunk gathers tokens from several places."""
         mask = mask_BC.bool()
         for name, v in per_tok.items():
             ok = mask & ~torch.isnan(v)
@@ -219,7 +229,8 @@ class _Accumulator:
             self.sums[name] = self.sums.get(name, 0.0) + float((v[ok].double() * w[ok]).sum())
             self.counts[name] = self.counts.get(name, 0.0) + float(w[ok].sum())
             if self.bucket_size:
-                pos = torch.arange(start, start + v.shape[1], device=v.device).expand_as(v)
+                pos = positions if positions is not None else \
+                    torch.arange(start, start + v.shape[1], device=v.device).expand_as(v)
                 for b in torch.unique(pos[mask] // self.bucket_size).tolist():
                     sel = ok & (pos // self.bucket_size == b)
                     slot = self.buckets.setdefault(int(b), {}).setdefault(name, [0.0, 0.0])
@@ -243,6 +254,30 @@ class _Accumulator:
         return out
 
 
+def teacher_logprobs(logits: torch.Tensor, width: int) -> torch.Tensor:
+    """The teacher's log-probs over its own full head, on the student's ``width`` entries.
+
+    Checkpoints of one tokenizer may pad their heads differently (R1-Distill-Qwen-7B has
+    152,064 rows, the 1.5B 151,936): the teacher normalises over all of its rows, as its own
+    sampler does, and the entries beyond the student's head are never produced."""
+    return torch.log_softmax(logits.float(), dim=-1)[..., :width]
+
+
+def _check(variant: str, support: str, weighting: str, top_k: int, V: int,
+           old_logprobs: torch.Tensor | None) -> None:
+    if variant not in VARIANTS:
+        raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
+    if support not in SUPPORTS:
+        raise ValueError(f"support must be one of {SUPPORTS}, got {support!r}")
+    if weighting not in WEIGHTINGS:
+        raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
+    if variant == "topk" and top_k > V:
+        raise ValueError(f"top_k={top_k} exceeds the vocabulary size {V}")
+    if old_logprobs is not None and old_logprobs.dim() == 2 and variant != "sampled":
+        raise ValueError("per-token old_logprobs [B, T] only fit variant='sampled'; "
+                         "pass [B, T, V] old log-probs for top-k and full")
+
+
 def opd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, tokens: torch.Tensor,
              mask: torch.Tensor, *, variant: str, top_k: int = 16, support: str = "student",
              weighting: str = "student_p", old_logprobs: torch.Tensor | None = None,
@@ -254,22 +289,13 @@ def opd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, tokens:
     the sampled tokens (``sampled``) or [B, T, V] full log-probs (any variant), from the
     policy that generated the batch. ``bucket_size`` adds per-position metric buckets.
     """
-    if variant not in VARIANTS:
-        raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
-    if support not in SUPPORTS:
-        raise ValueError(f"support must be one of {SUPPORTS}, got {support!r}")
-    if weighting not in WEIGHTINGS:
-        raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
-    if student_logits.shape != teacher_logits.shape:
+    if student_logits.shape[:2] != teacher_logits.shape[:2] or \
+            teacher_logits.shape[-1] < student_logits.shape[-1]:
         raise ValueError(f"student logits {tuple(student_logits.shape)} and teacher logits "
-                         f"{tuple(teacher_logits.shape)} differ: teacher and student must share "
-                         "a vocabulary")
+                         f"{tuple(teacher_logits.shape)} do not fit: the same tokens, and a "
+                         "teacher head at least as wide as the student's (one tokenizer)")
     B, T, V = student_logits.shape
-    if variant == "topk" and top_k > V:
-        raise ValueError(f"top_k={top_k} exceeds the vocabulary size {V}")
-    if old_logprobs is not None and old_logprobs.dim() == 2 and variant != "sampled":
-        raise ValueError("per-token old_logprobs [B, T] only fit variant='sampled'; "
-                         "pass [B, T, V] old log-probs for top-k and full")
+    _check(variant, support, weighting, top_k, V, old_logprobs)
     mask_f = mask.to(torch.float32)
     n_tokens = mask_f.sum().clamp_min(1.0)
     step = chunk_size or T
@@ -280,7 +306,7 @@ def opd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, tokens:
                        mask_f[:, s:s + step])
         old = None if old_logprobs is None else old_logprobs[:, s:s + step]
         with torch.no_grad():
-            logq = torch.log_softmax(tea.float(), dim=-1)
+            logq = teacher_logprobs(tea, V)
             logp = torch.log_softmax(stu.detach().float(), dim=-1)
             acc.add(*_metrics(logp, logq, min(top_k, V)), m, s)
         rest = (tokens[:, s:s + step], old, m, variant, support, weighting, top_k, clip_range)
@@ -291,3 +317,107 @@ def opd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, tokens:
             total = total + _objective(stu, logp, logq, *rest)
             del logq, logp
     return total / n_tokens, acc.result()
+
+
+@dataclass
+class _HiddenRun:
+    """What the fused pass needs besides the tensors it differentiates."""
+    tokens: torch.Tensor
+    mask: torch.Tensor
+    positions: torch.Tensor
+    old: torch.Tensor | None
+    settings: tuple
+    temperature: float
+    teacher_temperature: float
+    chunk: int
+    acc: _Accumulator
+
+
+class _FusedHeads(torch.autograd.Function):
+    """Loss from hidden states, its gradients computed chunk by chunk in the forward pass."""
+
+    @staticmethod
+    def forward(ctx, s_h, s_w, s_b, t_h, t_w, t_b, run: _HiddenRun):  # type: ignore[override]
+        need_h, need_w, need_b = ctx.needs_input_grad[:3]
+        grad_h = torch.zeros_like(s_h) if need_h else None
+        grad_w = torch.zeros_like(s_w) if need_w else None
+        grad_b = torch.zeros_like(s_b) if need_b else None
+        total = torch.zeros((), dtype=torch.float64, device=s_h.device)
+        T, top_k = s_h.shape[1], run.settings[-2]
+        for s in range(0, T, run.chunk):
+            h, m = s_h[:, s:s + run.chunk], run.mask[:, s:s + run.chunk]
+            logq = teacher_logprobs(
+                F.linear(t_h[:, s:s + run.chunk], t_w, t_b) / run.teacher_temperature,
+                s_w.shape[0])
+            z = (F.linear(h, s_w, s_b).float() / run.temperature).requires_grad_(True)
+            logp = torch.log_softmax(z.detach(), dim=-1)
+            run.acc.add(*_metrics(logp, logq, min(top_k, logp.shape[-1])), m, s,
+                        run.positions[:, s:s + run.chunk])
+            old = None if run.old is None else run.old[:, s:s + run.chunk]
+            with torch.enable_grad():
+                part = _objective(z, logp, logq, run.tokens[:, s:s + run.chunk], old, m,
+                                  *run.settings)
+            del logp, logq
+            if need_h or need_w or need_b:
+                (dz,) = torch.autograd.grad(part, z)
+                dz = (dz / run.temperature).to(h.dtype)   # through z = logits / temperature
+                if need_h:
+                    grad_h[:, s:s + run.chunk] = dz @ s_w
+                if need_w:  # in place: no second [V, H] buffer
+                    grad_w.addmm_(dz.flatten(0, 1).T.to(grad_w.dtype),
+                                  h.flatten(0, 1).to(grad_w.dtype))
+                if need_b:
+                    grad_b += dz.sum((0, 1)).to(grad_b.dtype)
+                del dz
+            total += part.detach().double()
+            del z, part
+        n_tokens = run.mask.sum().clamp_min(1.0)
+        ctx.save_for_backward(grad_h, grad_w, grad_b, n_tokens)
+        return (total / n_tokens).float()
+
+    @staticmethod
+    def backward(ctx, grad_out):  # type: ignore[override]
+        grad_h, grad_w, grad_b, n_tokens = ctx.saved_tensors
+        scale = (grad_out / n_tokens).float()
+        # scaled in place: the gradients were built for this one backward pass
+        out = [None if g is None else g.mul_(scale.to(g.dtype)) for g in (grad_h, grad_w, grad_b)]
+        return (*out, None, None, None, None)
+
+
+def opd_loss_hidden(student_hidden: torch.Tensor, student_head: torch.nn.Module,
+                    teacher_hidden: torch.Tensor, teacher_head: torch.nn.Module,
+                    tokens: torch.Tensor, mask: torch.Tensor, *, variant: str, top_k: int = 16,
+                    support: str = "student", weighting: str = "student_p",
+                    temperature: float = 1.0, teacher_temperature: float = 1.0,
+                    old_logprobs: torch.Tensor | None = None, clip_range: float = 0.2,
+                    chunk_size: int | None = 256, bucket_size: int | None = None,
+                    ) -> tuple[torch.Tensor, dict[str, object]]:
+    """``opd_loss`` of the logits ``student_head(student_hidden) / temperature`` and
+    ``teacher_head(teacher_hidden) / teacher_temperature``, without forming them whole.
+
+    Shapes: hidden states [B, T, H] (the teacher's width may differ), heads are linear layers
+    onto the shared vocabulary. Gradients reach the student's hidden states and head (weight
+    and bias); the teacher side is never differentiated."""
+    V = student_head.weight.shape[0]
+    if teacher_head.weight.shape[0] < V:
+        raise ValueError(f"the teacher's head ({teacher_head.weight.shape[0]} entries) is "
+                         f"narrower than the student's ({V}): the teacher must cover the "
+                         "student's vocabulary")
+    _check(variant, support, weighting, top_k, V, old_logprobs)
+    # only the response tokens: [1, N, ...] in order, each with its response position, so
+    # padding costs nothing and chunks hold chunk_size real tokens
+    keep = mask.bool()
+    B, T = mask.shape
+    positions = torch.arange(T, device=mask.device).expand(B, T)[keep].unsqueeze(0)
+    n = positions.shape[1]
+    old = None if old_logprobs is None else old_logprobs[keep].unsqueeze(0)
+    acc = _Accumulator(bucket_size)
+    run = _HiddenRun(tokens[keep].unsqueeze(0), mask.new_ones((1, n), dtype=torch.float32),
+                     positions, old, (variant, support, weighting, top_k, clip_range),
+                     temperature, teacher_temperature, chunk_size or max(1, n), acc)
+    loss = _FusedHeads.apply(student_hidden[keep].unsqueeze(0), student_head.weight,
+                             student_head.bias, teacher_hidden[keep].unsqueeze(0).detach(),
+                             teacher_head.weight.detach(),
+                             None if teacher_head.bias is None else teacher_head.bias.detach(),
+                             run)
+    return loss, acc.result()

@@ -66,3 +66,20 @@ def response_logits(model: Any, batch: RolloutBatch) -> torch.Tensor:
     out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
                 position_ids=position_ids(batch.attention_mask), logits_to_keep=L + 1)
     return out.logits[:, :-1]
+
+
+def response_hidden(model: Any, batch: RolloutBatch) -> tuple[torch.Tensor, Any]:
+    """Final hidden states [N, L, H] at the positions that predicted each response token, and
+    the LM head that turns them into logits: ``head(hidden)`` equals ``response_logits``
+    without the [N, L, V] tensor being formed."""
+    head = model.get_output_embeddings()
+    if not isinstance(head, torch.nn.Linear):
+        raise TypeError(f"{type(model).__name__}: the OPD loss needs a linear LM head, "
+                        f"found {type(head).__name__}")
+    if getattr(model.config, "final_logit_softcapping", None):
+        raise ValueError(f"{type(model).__name__} caps its logits; the hidden-state loss would "
+                         "differ from the model's own distribution")
+    L = batch.response_mask.shape[1]
+    out = model.base_model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                           position_ids=position_ids(batch.attention_mask))
+    return out.last_hidden_state[:, -(L + 1):-1], head

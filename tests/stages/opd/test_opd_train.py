@@ -25,7 +25,7 @@ from conftest import kill_when, schema_section, tiny_recipe
 ARCH = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
         "num_attention_heads": 2, "num_key_value_heads": 1}
 PARAMS = {**schema_section(
-    "opd", lr=1e-3, prompts_per_step=2, responses_per_prompt=2, micro_batch_size=3,
+    "opd", lr=1e-3, prompts_per_step=2, responses_per_prompt=2, max_tokens_per_micro_batch=64,
     variant="topk", top_k=8, weight_decay=0.0, max_response_tokens=12, chunk_size=4,
     bucket_size=4, checkpoint_every=2, validation_every=2,
     validation={"n": 1, "temperature": 0.7, "top_p": 0.95, "max_new_tokens": 12,
@@ -173,7 +173,7 @@ def test_process_gradients_sum_to_the_full_batch_gradient(pair):
 
     student, teacher, batch = _sampled(pair, n=6, seed=0, max_new_tokens=10,
                                         temperature=1.0)
-    cfg = OPDParams.from_config({**PARAMS, "variant": "full", "micro_batch_size": 2})
+    cfg = OPDParams.from_config({**PARAMS, "variant": "full", "max_tokens_per_micro_batch": 48})
     total = int(batch.response_mask.sum())
 
     def grads():
@@ -381,11 +381,11 @@ def test_rollout_logprobs_give_the_on_policy_loss(pair):
                                         temperature=1.0)
     total = int(batch.response_mask.sum())
     for variant in ("sampled", "full"):
-        cfg = OPDParams.from_config({**PARAMS, "variant": variant, "micro_batch_size": 2})
-        old = [rollout_logprobs(student, mb, cfg) for mb in micro_batches(batch, 2)]
-        ref = torch.log_softmax(response_logits(student, micro_batches(batch, 2)[0]), -1)
+        cfg = OPDParams.from_config({**PARAMS, "variant": variant, "max_tokens_per_micro_batch": 48})
+        old = [rollout_logprobs(student, mb, cfg) for mb in micro_batches(batch, 48)]
+        ref = torch.log_softmax(response_logits(student, micro_batches(batch, 48)[0]), -1)
         if variant == "sampled":
-            ref = ref.gather(-1, micro_batches(batch, 2)[0].response_ids.unsqueeze(-1)).squeeze(-1)
+            ref = ref.gather(-1, micro_batches(batch, 48)[0].response_ids.unsqueeze(-1)).squeeze(-1)
         assert torch.allclose(old[0], ref, atol=1e-6)
         plain, _ = accumulate(student, teacher, batch, cfg, total)
         g_plain = [p.grad.clone() for p in student.parameters()]
@@ -473,7 +473,7 @@ def test_sampling_temperature_scales_the_student_logits_in_the_loss(pair):
 
     student, teacher, batch = _sampled(pair, n=3, seed=2, max_new_tokens=8,
                                         temperature=2.0)
-    cfg = OPDParams.from_config({**PARAMS, "variant": "full", "micro_batch_size": 8,
+    cfg = OPDParams.from_config({**PARAMS, "variant": "full", "max_tokens_per_micro_batch": 4096,
                                  "temperature": 2.0, "chunk_size": None})
     parts, _ = accumulate(student, teacher, batch, cfg, int(batch.response_mask.sum()))
     with torch.no_grad():
@@ -555,3 +555,38 @@ def test_steps_null_is_one_epoch_over_the_prompts(pair, tmp_path):
     _train(pair, tmp_path / "epoch", {**PARAMS, "steps": None, "checkpoint_every": 10})
     assert [ln["step"] for ln in _lines(tmp_path / "epoch/metrics.jsonl")] == [0, 1]
     assert json.loads((tmp_path / "epoch/summary.json").read_text())["steps"] == 2
+
+
+def test_token_budget_micro_batches_group_by_length_and_trim_padding(pair):
+    """Every rollout lands in exactly one micro-batch within the token budget (rows x padded
+    width), rows sorted by length, and a trimmed micro-batch gives each row the same response
+    logits as the full padded batch."""
+    from opd.stages.opd.opd_train import micro_batches
+    from opd.train.pair import response_logits
+
+    student, _, batch = _sampled(pair, n=7, seed=3, max_new_tokens=12, temperature=1.5)
+    # vary the prompt lengths: drop a few leading prompt tokens of some rows (left padding)
+    batch.attention_mask[::2, :batch.prompt_width - 8] = 0
+    batch.input_ids[::2, :batch.prompt_width - 8] = 0
+    full = response_logits(student, batch).detach()
+    lengths = (batch.attention_mask[:, :batch.prompt_width].sum(1)
+               + batch.response_mask.sum(1)).tolist()
+    budget = 2 * max(lengths) + 1
+    mbs = micro_batches(batch, budget)
+    assert len(mbs) > 1
+    seen = []
+    for mb in mbs:
+        rows, width = mb.input_ids.shape
+        assert rows == 1 or rows * width <= budget
+        assert bool(mb.attention_mask[:, 0].any()) and bool(mb.response_mask[:, -1].any())
+        logits = response_logits(student, mb).detach()
+        for r in range(rows):
+            match = [i for i in range(len(lengths)) if i not in seen
+                     and torch.equal(batch.response_ids[i, :mb.response_ids.shape[1]], mb.response_ids[r])
+                     and int(batch.response_mask[i].sum()) == int(mb.response_mask[r].sum())]
+            i = match[0]
+            seen.append(i)
+            n = int(mb.response_mask[r].sum())
+            torch.testing.assert_close(logits[r, :n], full[i, :n], atol=1e-4, rtol=1e-4)
+    assert sorted(seen) == [i for i in range(len(lengths)) if batch.response_mask[i].sum()]
+    assert [lengths[i] for i in seen] == sorted(lengths[i] for i in seen)

@@ -42,8 +42,8 @@ from opd.core.config import typed
 from opd.core.io import atomic_dir, write_json
 from opd.core.prompts import apply_template, chat_prompt
 from opd.core.models import ModelRef
-from opd.train.losses import opd_loss
-from opd.train.pair import load_pair, response_logits
+from opd.train.losses import opd_loss_hidden
+from opd.train.pair import load_pair, response_hidden, response_logits
 from opd.train.trainer import (Checkpoint, RunLog, clipped_step, load_torch_state, lr_at,
                                rng_state, run_identity, save_torch_state, set_lr,
                                set_rng_state)
@@ -81,7 +81,7 @@ class OPDParams:
     mixed_precision: str
     max_prompt_tokens: int
     max_response_tokens: int
-    micro_batch_size: int
+    max_tokens_per_micro_batch: int
     chunk_size: int | None
     bucket_size: int
     generator: str
@@ -183,15 +183,35 @@ def sum_gradients(model: Any) -> None:
         torch.distributed.all_reduce(p.grad, op=torch.distributed.ReduceOp.SUM)
 
 
-def micro_batches(batch: RolloutBatch, size: int) -> list[RolloutBatch]:
-    """The rollouts in micro-batches of ``size`` sequences, those without response tokens left
-    out."""
+def micro_batches(batch: RolloutBatch, max_tokens: int) -> list[RolloutBatch]:
+    """The rollouts grouped by length into micro-batches of at most ``max_tokens`` padded
+    tokens each (rows x the group's longest prompt + longest response, padding columns no row
+    needs trimmed off); a sequence longer than the budget goes alone. Rollouts without
+    response tokens are left out. The grouping does not change the update: every micro-batch
+    is weighted by its share of the step's tokens."""
+    P = batch.prompt_width
+    prompt_len = batch.attention_mask[:, :P].sum(1).tolist()
+    resp_len = batch.response_mask.sum(1).tolist()
+    order = sorted((i for i in range(len(resp_len)) if resp_len[i]),
+                   key=lambda i: (prompt_len[i] + resp_len[i], i))
+    groups: list[list[int]] = []
+    width = (0, 0)
+    for i in order:
+        grown = (max(width[0], prompt_len[i]), max(width[1], resp_len[i]))
+        if groups and (len(groups[-1]) + 1) * sum(grown) <= max_tokens:
+            groups[-1].append(i)
+            width = grown
+        else:
+            groups.append([i])
+            width = (prompt_len[i], resp_len[i])
     out = []
-    for s in range(0, batch.input_ids.shape[0], size):
-        mb = RolloutBatch(batch.input_ids[s:s + size], batch.attention_mask[s:s + size],
-                          batch.response_mask[s:s + size], batch.prompt_width, [])
-        if int(mb.response_mask.sum()):
-            out.append(mb)
+    for g in groups:
+        idx = torch.tensor(g, device=batch.input_ids.device)
+        p = int(max(prompt_len[i] for i in g))
+        r = int(max(resp_len[i] for i in g))
+        cols = slice(P - p, P + r)
+        out.append(RolloutBatch(batch.input_ids[idx][:, cols], batch.attention_mask[idx][:, cols],
+                                batch.response_mask[idx][:, :r], p, []))
     return out
 
 
@@ -213,18 +233,21 @@ def accumulate(student: Any, teacher: Any, batch: RolloutBatch, cfg: OPDParams,
     the rollout policy's log-probs per micro-batch (PPO-style clipping), or None on-policy."""
     parts: list[tuple[dict[str, float], int]] = []
     buckets: list[dict] = []
-    for i, mb in enumerate(micro_batches(batch, cfg.micro_batch_size)):
+    for i, mb in enumerate(micro_batches(batch, cfg.max_tokens_per_micro_batch)):
         n_tok = int(mb.response_mask.sum())
         with torch.no_grad(), autocast(cfg):
-            t_logits = response_logits(teacher, mb) / cfg.teacher_temperature
+            t_hidden, t_head = response_hidden(teacher, mb)
         with autocast(cfg):
-            # the sampling temperature applies to the student's logits in the loss too
-            s_logits = response_logits(student, mb) / cfg.temperature
-        loss, metrics = opd_loss(
-            s_logits, t_logits, mb.response_ids, mb.response_mask,
-            variant=cfg.variant, top_k=cfg.top_k, support=cfg.support,
-            weighting=cfg.weighting, old_logprobs=None if old is None else old[i],
-            clip_range=cfg.clip_range, chunk_size=cfg.chunk_size, bucket_size=cfg.bucket_size)
+            s_hidden, s_head = response_hidden(student, mb)
+            # the heads are applied chunk by chunk inside the loss; the sampling temperature
+            # divides the student's logits there too
+            loss, metrics = opd_loss_hidden(
+                s_hidden, s_head, t_hidden, t_head, mb.response_ids, mb.response_mask,
+                variant=cfg.variant, top_k=cfg.top_k, support=cfg.support,
+                weighting=cfg.weighting, temperature=cfg.temperature,
+                teacher_temperature=cfg.teacher_temperature,
+                old_logprobs=None if old is None else old[i], clip_range=cfg.clip_range,
+                chunk_size=cfg.chunk_size, bucket_size=cfg.bucket_size)
         (loss * n_tok / step_tokens).backward()
         buckets += metrics.pop("buckets", [])
         weights = metrics.pop("weights")
@@ -315,7 +338,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         lr = lr_at(step, cfg.lr, cfg.steps, cfg.lr_schedule, cfg.warmup_ratio)
         set_lr(opt, lr)
         # one update per batch is strictly on-policy; more updates clip against the rollout policy
-        old = ([rollout_logprobs(student, mb, cfg) for mb in micro_batches(batch, cfg.micro_batch_size)]
+        old = ([rollout_logprobs(student, mb, cfg) for mb in micro_batches(batch, cfg.max_tokens_per_micro_batch)]
                if cfg.updates_per_batch > 1 else None)
         skipped = 0
         for update in range(cfg.updates_per_batch):
