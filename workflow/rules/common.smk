@@ -5,11 +5,18 @@ import shlex
 import sys
 
 from opd.core.config import ConfigError, validate
+from opd.core.plan import PlanError, check as check_memory_plan
 
 try:
     validate(config)
-except ConfigError as err:
+    # every GPU job's peak memory per GPU, estimated from the models' shapes; a job that
+    # cannot fit stops the workflow (dry run included) before anything is submitted
+    MEMORY_PLAN = check_memory_plan(config)
+except (ConfigError, PlanError) as err:
     raise WorkflowError(str(err)) from None
+if MEMORY_PLAN and workflow.is_main_process:  # not again inside each job
+    print("GPU memory plan (per GPU):\n  " + "\n  ".join(e.line() for e in MEMORY_PLAN),
+          file=sys.stderr)
 
 RESULTS = "results"
 TINY_WORLD_DIR = f"{RESULTS}/world/tiny"
@@ -171,7 +178,8 @@ def diagnose_params(name):
     return {**config["diagnose"], "seed": cfg["seed"], "template": cfg["template"],
             "max_response_tokens": cfg["max_response_tokens"], "temperature": cfg["temperature"],
             "teacher_temperature": cfg["teacher_temperature"], "top_k": cfg["top_k"],
-            "chunk_size": cfg["chunk_size"]}
+            "chunk_size": cfg["chunk_size"],
+            "max_tokens_per_micro_batch": cfg["max_tokens_per_micro_batch"]}
 
 
 def diagnosed_experiments():

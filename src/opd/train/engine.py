@@ -20,6 +20,7 @@ import torch
 
 from opd.core.models import ModelRef
 from opd.train.generation import Completion, Sampling, generate
+from opd.core.plan import VLLM_GENERATION_SHARE
 
 ENGINES = ("auto", "transformers", "vllm")
 
@@ -78,7 +79,7 @@ class VLLMEngine:
 
     def __init__(self, model: ModelRef, tensor_parallel_size: int = 1, seed: int = 0,
                  dtype: str = "bfloat16", max_model_len: int | None = None,
-                 gpu_memory_utilization: float = 0.85):
+                 gpu_memory_utilization: float = VLLM_GENERATION_SHARE):
         from vllm import LLM  # optional GPU dependency, imported only here
 
         self.llm = LLM(model=model.checked().location, revision=model.revision,

@@ -116,3 +116,35 @@ def rollout_batch(prompt_ids: list[list[int]], response_ids: list[list[int]],
                                       "stop" if f == "stop" else "length", len(p), len(text_ids)))
     as_tensor = lambda rows: torch.tensor(rows, dtype=torch.long, device=device)  # noqa: E731
     return RolloutBatch(as_tensor(ids), as_tensor(attn), as_tensor(mask), width, completions)
+
+
+def micro_batches(batch: RolloutBatch, max_tokens: int) -> list[RolloutBatch]:
+    """The rollouts grouped by length into micro-batches of at most ``max_tokens`` padded
+    tokens each (rows x the group's longest prompt + longest response, padding columns no row
+    needs trimmed off); a sequence longer than the budget goes alone. Rollouts without
+    response tokens are left out. The grouping does not change the update: every micro-batch
+    is weighted by its share of the step's tokens."""
+    P = batch.prompt_width
+    prompt_len = batch.attention_mask[:, :P].sum(1).tolist()
+    resp_len = batch.response_mask.sum(1).tolist()
+    order = sorted((i for i in range(len(resp_len)) if resp_len[i]),
+                   key=lambda i: (prompt_len[i] + resp_len[i], i))
+    groups: list[list[int]] = []
+    width = (0, 0)
+    for i in order:
+        grown = (max(width[0], prompt_len[i]), max(width[1], resp_len[i]))
+        if groups and (len(groups[-1]) + 1) * sum(grown) <= max_tokens:
+            groups[-1].append(i)
+            width = grown
+        else:
+            groups.append([i])
+            width = (prompt_len[i], resp_len[i])
+    out = []
+    for g in groups:
+        idx = torch.tensor(g, device=batch.input_ids.device)
+        p = int(max(prompt_len[i] for i in g))
+        r = int(max(resp_len[i] for i in g))
+        cols = slice(P - p, P + r)
+        out.append(RolloutBatch(batch.input_ids[idx][:, cols], batch.attention_mask[idx][:, cols],
+                                batch.response_mask[idx][:, :r], p, []))
+    return out

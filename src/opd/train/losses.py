@@ -278,6 +278,20 @@ def _check(variant: str, support: str, weighting: str, top_k: int, V: int,
                          "pass [B, T, V] old log-probs for top-k and full")
 
 
+def weighted_means(parts: list[tuple[dict[str, float], dict[str, float]]]) -> dict[str, float]:
+    """Each metric pooled over micro-batches (and processes): its values weighted by what
+    stands behind each (valid tokens, or a pooled metric's entries). A metric undefined (NaN)
+    in a micro-batch is averaged over the others only; one undefined everywhere is left out."""
+    sums: dict[str, list[float]] = {}
+    for metrics, weights in parts:
+        for k, v in metrics.items():
+            if not math.isnan(v) and weights[k] > 0:
+                acc = sums.setdefault(k, [0.0, 0.0])
+                acc[0] += v * weights[k]
+                acc[1] += weights[k]
+    return {k: num / den for k, (num, den) in sums.items()}
+
+
 def opd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, tokens: torch.Tensor,
              mask: torch.Tensor, *, variant: str, top_k: int = 16, support: str = "student",
              weighting: str = "student_p", old_logprobs: torch.Tensor | None = None,

@@ -232,7 +232,7 @@ def test_diagnose_pair_verdicts(pair, tmp_path, thresholds, verdict):
 
     student, teacher, prompts, _ = pair
     params = {"seed": 0, "n_prompts": 4, "responses_per_prompt": 2, "max_response_tokens": 8,
-              "temperature": 1.0, "teacher_temperature": 1.0, "top_k": 8, "chunk_size": None,
+              "temperature": 1.0, "teacher_temperature": 1.0, "top_k": 8, "chunk_size": None, "max_tokens_per_micro_batch": 64,
               "template": PARAMS["template"], **thresholds}
     out = tmp_path / "d.json"
     diagnose(["--student", str(student), "--teacher", str(teacher), "--prompts",

@@ -29,11 +29,11 @@ import torch
 from opd.core.cli import parse_stage_args
 from opd.core.config import typed
 from opd.core.data import load_prompt_set
-from opd.train.generation import RolloutBatch, Sampling, sample_batch
+from opd.train.generation import RolloutBatch, Sampling, micro_batches, sample_batch
 from opd.core.grading import is_correct
 from opd.core.io import write_json
-from opd.train.losses import opd_loss
-from opd.train.pair import load_pair, response_logits
+from opd.train.losses import METRICS, opd_loss_hidden, weighted_means
+from opd.train.pair import load_pair, response_hidden
 from opd.core.prompts import apply_template, chat_prompt
 from opd.core.models import ModelRef
 
@@ -62,6 +62,27 @@ class DiagnoseParams:
     teacher_temperature: float
     top_k: int
     chunk_size: int | None
+    max_tokens_per_micro_batch: int
+
+
+@torch.no_grad()
+def pair_metrics(student: Any, teacher: Any, batch: RolloutBatch, cfg: DiagnoseParams
+                 ) -> dict[str, float]:
+    """Mechanism metrics of the student's rollouts, micro-batch by micro-batch through the
+    hidden-state loss (no [B, T, V] logits), pooled by their weights."""
+    parts = []
+    for mb in micro_batches(batch, cfg.max_tokens_per_micro_batch):
+        s_hidden, s_head = response_hidden(student, mb)
+        t_hidden, t_head = response_hidden(teacher, mb)
+        _, metrics = opd_loss_hidden(s_hidden, s_head, t_hidden, t_head, mb.response_ids,
+                                     mb.response_mask, variant="topk", top_k=cfg.top_k,
+                                     teacher_temperature=cfg.teacher_temperature,
+                                     chunk_size=cfg.chunk_size)
+        weights = metrics.pop("weights")
+        metrics.pop("buckets", None)
+        parts.append((metrics, weights))
+    pooled = weighted_means(parts)
+    return {k: pooled.get(k, math.nan) for k in METRICS}
 
 
 @torch.no_grad()
@@ -70,6 +91,9 @@ def diagnose(args: argparse.Namespace) -> dict[str, Any]:
     torch.manual_seed(cfg.seed)
     tok, student, teacher = load_pair(args.student, args.teacher)
     student.eval()
+    if student.device.type == "cuda":  # no training here: bf16 weights and KV cache suffice
+        student.to(torch.bfloat16)
+        teacher.to(torch.bfloat16)
     prompts = load_prompt_set(args.prompts)
     picks = sorted(random.Random(cfg.seed).sample(range(len(prompts)),
                                                      min(cfg.n_prompts, len(prompts))))
@@ -80,10 +104,7 @@ def diagnose(args: argparse.Namespace) -> dict[str, Any]:
     sampling = Sampling(max_new_tokens=cfg.max_response_tokens, temperature=cfg.temperature,
                         seed=cfg.seed)
     s_batch = sample_batch(student, tok, flat, sampling)
-    _, metrics = opd_loss(response_logits(student, s_batch),
-                          response_logits(teacher, s_batch) / cfg.teacher_temperature,
-                          s_batch.response_ids, s_batch.response_mask, variant="topk",
-                          top_k=cfg.top_k, chunk_size=cfg.chunk_size)
+    metrics = pair_metrics(student, teacher, s_batch, cfg)
     t_batch = sample_batch(teacher, tok, flat, sampling)
     answers = list(rows["answer"])
     s_ok, t_ok = accuracy_by_prompt(s_batch, answers, n), accuracy_by_prompt(t_batch, answers, n)

@@ -36,13 +36,13 @@ from tqdm import tqdm
 from opd.core.cli import parse_stage_args
 from opd.core.data import load_benchmark, load_prompt_set
 from opd.train.engine import resolve
-from opd.train.generation import RolloutBatch, Sampling, generate, sample_batch
+from opd.train.generation import RolloutBatch, Sampling, generate, micro_batches, sample_batch
 from opd.core.grading import is_correct
 from opd.core.config import typed
 from opd.core.io import atomic_dir, write_json
 from opd.core.prompts import apply_template, chat_prompt
 from opd.core.models import ModelRef
-from opd.train.losses import opd_loss_hidden
+from opd.train.losses import opd_loss_hidden, weighted_means
 from opd.train.pair import load_pair, response_hidden, response_logits
 from opd.train.trainer import (Checkpoint, RunLog, clipped_step, load_torch_state, lr_at,
                                rng_state, run_identity, save_torch_state, set_lr,
@@ -82,6 +82,7 @@ class OPDParams:
     max_prompt_tokens: int
     max_response_tokens: int
     max_tokens_per_micro_batch: int
+    activation_checkpointing: bool
     chunk_size: int | None
     bucket_size: int
     generator: str
@@ -183,38 +184,6 @@ def sum_gradients(model: Any) -> None:
         torch.distributed.all_reduce(p.grad, op=torch.distributed.ReduceOp.SUM)
 
 
-def micro_batches(batch: RolloutBatch, max_tokens: int) -> list[RolloutBatch]:
-    """The rollouts grouped by length into micro-batches of at most ``max_tokens`` padded
-    tokens each (rows x the group's longest prompt + longest response, padding columns no row
-    needs trimmed off); a sequence longer than the budget goes alone. Rollouts without
-    response tokens are left out. The grouping does not change the update: every micro-batch
-    is weighted by its share of the step's tokens."""
-    P = batch.prompt_width
-    prompt_len = batch.attention_mask[:, :P].sum(1).tolist()
-    resp_len = batch.response_mask.sum(1).tolist()
-    order = sorted((i for i in range(len(resp_len)) if resp_len[i]),
-                   key=lambda i: (prompt_len[i] + resp_len[i], i))
-    groups: list[list[int]] = []
-    width = (0, 0)
-    for i in order:
-        grown = (max(width[0], prompt_len[i]), max(width[1], resp_len[i]))
-        if groups and (len(groups[-1]) + 1) * sum(grown) <= max_tokens:
-            groups[-1].append(i)
-            width = grown
-        else:
-            groups.append([i])
-            width = (prompt_len[i], resp_len[i])
-    out = []
-    for g in groups:
-        idx = torch.tensor(g, device=batch.input_ids.device)
-        p = int(max(prompt_len[i] for i in g))
-        r = int(max(resp_len[i] for i in g))
-        cols = slice(P - p, P + r)
-        out.append(RolloutBatch(batch.input_ids[idx][:, cols], batch.attention_mask[idx][:, cols],
-                                batch.response_mask[idx][:, :r], p, []))
-    return out
-
-
 def rollout_logprobs(student: Any, mb: RolloutBatch, cfg: OPDParams) -> torch.Tensor:
     """The rollout policy's log-probs for PPO-style clipping (several updates per batch):
     of the sampled tokens [B, T] for ``sampled``, of the whole vocabulary [B, T, V] otherwise."""
@@ -295,6 +264,11 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     resumed = ckpt.find(main=False)
     tok, student, teacher = load_pair(args.student, args.teacher,
                                       str(ckpt.current) if resumed else None, on=acc.device)
+    student.train()
+    if cfg.activation_checkpointing:  # each layer recomputed in the backward pass
+        student.activation_checkpointing_enable({"use_reentrant": False})
+    if torch.device(acc.device).type == "cuda" and cfg.mixed_precision == "bf16":
+        teacher.to(torch.bfloat16)  # never trained: bf16 weights are all it needs
     opt = torch.optim.AdamW(student.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     prompts = fitting_prompts(load_prompt_set(args.prompts), tok, cfg, args.student.thinking)
     if cfg.steps is None:  # one epoch, as the official runs; verl drops an incomplete batch
@@ -402,20 +376,6 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     write_json(args.out / "summary.json", summary)
     ckpt.remove()  # finished: a rerun (--forcerun, changed inputs) trains afresh
     return summary
-
-
-def weighted_means(parts: list[tuple[dict[str, float], dict[str, float]]]) -> dict[str, float]:
-    """Each metric pooled over micro-batches (and processes): its values weighted by what
-    stands behind each (valid tokens, or a pooled metric's entries). A metric undefined (NaN)
-    in a micro-batch is averaged over the others only; one undefined everywhere is left out."""
-    sums: dict[str, list[float]] = {}
-    for metrics, weights in parts:
-        for k, v in metrics.items():
-            if not math.isnan(v) and weights[k] > 0:
-                acc = sums.setdefault(k, [0.0, 0.0])
-                acc[0] += v * weights[k]
-                acc[1] += weights[k]
-    return {k: num / den for k, (num, den) in sums.items()}
 
 
 BUCKET_HEAD = ("bucket", "start", "tokens", "weights")
