@@ -94,6 +94,24 @@ def test_profile_dry_run_lists_the_paper_dag_without_slurm(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     counts = dict(re.findall(r"^(\w+)\s+(\d+)$", proc.stdout, re.M))
     assert int(counts["fetch_released"]) == len(cfg["released"])
+    # the memory plan of every GPU job is printed before the jobs
+    assert "GPU memory plan (per GPU):" in proc.stderr
+    assert proc.stderr.count("\n  opd_train ") == len(cfg["experiments"])
+
+
+def test_a_job_that_cannot_fit_stops_the_dry_run(tmp_path):
+    (tmp_path / "wf").mkdir()
+    work = copy_workflow(tmp_path / "wf")
+    shutil.copytree(REPO / "slurm", work / "slurm")
+    offline = cache_released(work)
+    proc = run_snakemake(["--profile", "slurm", "-n", *offline, "--config",
+                          "resources={default: {gpu: 0, gpu_memory_gb: 40}, "
+                          "rules: {opd_train: {gpu: 8}}}"], work)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert "GPU memory plan: these jobs do not fit" in out, out[-3000:]
+    assert "opd_train justrl_to_r1_1p5b:" in out and "of 40 GiB" in out
+    assert not (work / "results").exists()
     assert int(counts["opd_train"]) == len(cfg["experiments"])
     # one diagnosis per distinct pair, prompt set and template (objective variants share it)
     pairs = {(e["student"], e["teacher"], e["prompts"], e.get("template", "default"))
