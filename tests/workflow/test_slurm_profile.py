@@ -97,6 +97,18 @@ def test_profile_dry_run_lists_the_paper_dag_without_slurm(tmp_path):
     # the memory plan of every GPU job is printed before the jobs
     assert "GPU memory plan (per GPU):" in proc.stderr
     assert proc.stderr.count("\n  opd_train ") == len(cfg["experiments"])
+    assert int(counts["opd_train"]) == len(cfg["experiments"])
+    # one diagnosis per distinct pair, prompt set and template (objective variants share it)
+    pairs = {(e["student"], e["teacher"], e["prompts"], e.get("template", "default"))
+             for e in cfg["experiments"].values()}
+    assert int(counts["diagnose_pair"]) == len(pairs) < len(cfg["experiments"])
+    assert int(counts["select_prompts"]) == len(cfg["prompt_selection"])
+    assert int(counts["prepare_dapo"]) == 1
+    assert int(counts["teacher_rollouts"]) == sum(r["shards"] for r in cfg["rollouts"].values())
+    for rule in ("sample_openthoughts", "dedup_semantic", "filter_rollouts", "cold_start_sft",
+                 "evaluate", "opd_tables", "opd_figures"):
+        assert int(counts[rule]) >= 1, rule
+    assert "build_tiny" not in proc.stdout
 
 
 def test_a_job_that_cannot_fit_stops_the_dry_run(tmp_path):
@@ -112,15 +124,3 @@ def test_a_job_that_cannot_fit_stops_the_dry_run(tmp_path):
     assert "GPU memory plan: these jobs do not fit" in out, out[-3000:]
     assert "opd_train justrl_to_r1_1p5b:" in out and "of 40 GiB" in out
     assert not (work / "results").exists()
-    assert int(counts["opd_train"]) == len(cfg["experiments"])
-    # one diagnosis per distinct pair, prompt set and template (objective variants share it)
-    pairs = {(e["student"], e["teacher"], e["prompts"], e.get("template", "default"))
-             for e in cfg["experiments"].values()}
-    assert int(counts["diagnose_pair"]) == len(pairs) < len(cfg["experiments"])
-    assert int(counts["select_prompts"]) == len(cfg["prompt_selection"])
-    assert int(counts["prepare_dapo"]) == 1
-    assert int(counts["teacher_rollouts"]) == sum(r["shards"] for r in cfg["rollouts"].values())
-    for rule in ("sample_openthoughts", "dedup_semantic", "filter_rollouts", "cold_start_sft",
-                 "evaluate", "opd_tables", "opd_figures"):
-        assert int(counts[rule]) >= 1, rule
-    assert "build_tiny" not in proc.stdout
