@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 TITLES = {
-    "opd_loss_memory": "OPD loss: peak memory and time at vocabulary 151,936 (ours vs naive)",
+    "opd_loss_memory": "OPD loss: peak memory and time at vocabulary 151,936, hidden 1,536 "
+                       "(from hidden states vs logits chunked vs naive)",
     "opd_step_vs_trl": "One OPD training step on the tiny pair (ours vs TRL)",
     "pipeline_wall_time": "Tiny pipeline wall time and no-op rerun",
     "faiss_search": "Semantic dedup search (FAISS, 100k x 17k x 768)",
