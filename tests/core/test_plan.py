@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -36,14 +37,16 @@ def test_parameter_counts_match_the_models():
 @pytest.mark.parametrize("tokens", [2048, 4096])
 def test_activation_and_loss_estimate_is_within_20_percent_of_the_measured_peak(tokens):
     probe = Path(__file__).with_name("plan_probe.py")
+    # large blocks straight from mmap, returned when freed: the peak is what was alive at once
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
     out = subprocess.run([sys.executable, str(probe), json.dumps(QWEN3), str(tokens), "256"],
-                         capture_output=True, text=True, check=True)
+                         capture_output=True, text=True, check=True, env=env)
     measured = json.loads(out.stdout.strip().splitlines()[-1])
     shape = Shape.of(QWEN3)
-    # on CPU everything is float32 and no layer is recomputed; the student's parameter
-    # gradients appear during the backward pass too
+    # on CPU everything is float32 and no layer is recomputed; the peak is at the loss, when
+    # every activation is alive and the parameter gradients do not exist yet
     estimate = (activation_bytes(shape, tokens, 4, checkpointing=False)
-                + loss_bytes(shape, shape, tokens, 256) + 4 * shape.params)
+                + loss_bytes(shape, shape, tokens, 256))
     assert estimate == pytest.approx(measured["peak"], rel=0.2)
 
 

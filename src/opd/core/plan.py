@@ -32,7 +32,7 @@ from typing import Any
 
 GIB = 2**30
 OVERHEAD = 2 * GIB  # CUDA context, allocator slack, communication buffers
-LOSS_COPIES = 12    # vocabulary-wide float32 tensors alive at once per loss chunk (measured)
+LOSS_COPIES = 5     # vocabulary-wide float32 tensors alive at once per loss chunk (measured)
 VLLM_GENERATION_SHARE = 0.85  # gpu_memory_utilization of the generation engine
 SHAPE_KEYS = ("hidden_size", "num_hidden_layers", "num_attention_heads",
               "num_key_value_heads", "intermediate_size", "vocab_size")
@@ -80,7 +80,7 @@ class Shape:
         coefficients were fitted to the measured peak of a small Qwen3 on CPU
         (tests/core/test_plan.py)."""
         q, kv = self.heads * self.head_dim, self.kv_heads * self.head_dim
-        per_token = 8 * self.hidden + 2 * q + 4 * kv + 7 * self.intermediate
+        per_token = 6 * self.hidden + 2 * q + 2 * kv + 5 * self.intermediate
         return tokens * per_token * elem
 
 

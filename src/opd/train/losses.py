@@ -93,7 +93,7 @@ def _advantage(logp_g: torch.Tensor, logq_g: torch.Tensor, valid: torch.Tensor |
             return logq_g - logp_g
         if weighting == "none":
             return (logq_g - logp_g) / logq_g.shape[-1]
-        return (logp_g if weighting == "student_p" else logq_g).exp() * (logq_g - logp_g)
+        return (logq_g - logp_g).mul_((logp_g if weighting == "student_p" else logq_g).exp())
     if variant == "sampled" or weighting == "unit":
         w = valid
     elif weighting == "none":
@@ -146,6 +146,11 @@ def _chunk_objective(stu: torch.Tensor, tea: torch.Tensor, *rest: object) -> tor
 
 
 @torch.no_grad()
+def _rowdot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """sum(a * b, -1) without forming the product."""
+    return torch.matmul(a.unsqueeze(-2), b.unsqueeze(-1)).squeeze(-1).squeeze(-1)
+
+
 def _metrics(logp: torch.Tensor, logq: torch.Tensor, top_k: int
              ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """Mechanism metrics as the official trainer defines them, on the student's top-k set with
@@ -161,13 +166,13 @@ def _metrics(logp: torch.Tensor, logq: torch.Tensor, top_k: int
     averaged over positions whose intersection is not empty. ``overlap_logratio`` and
     ``nonoverlap_logratio`` are the unweighted per-position means of log q - log p.
     """
-    p, q = logp.exp(), logq.exp()
     top_s = logp.topk(top_k, dim=-1).indices
     top_t = logq.topk(top_k, dim=-1).indices
     inter = (top_s.unsqueeze(-1) == top_t.unsqueeze(-2)).any(-1)            # [B, C, k]
     interf = inter.float()
-    p_s, q_s = p.gather(-1, top_s), q.gather(-1, top_s)
-    ratio_s = logq.gather(-1, top_s) - logp.gather(-1, top_s)               # log q - log p
+    lp_s, lq_s = logp.gather(-1, top_s), logq.gather(-1, top_s)
+    p_s, q_s = lp_s.exp(), lq_s.exp()
+    ratio_s = lq_s - lp_s                                                    # log q - log p
     adv = p_s / p_s.sum(-1, keepdim=True) * ratio_s                          # training A
     n_in, n_out = interf.sum(-1), (1 - interf).sum(-1)
     nan = torch.tensor(float("nan"), device=logp.device)
@@ -182,8 +187,14 @@ def _metrics(logp: torch.Tensor, logq: torch.Tensor, top_k: int
     neg = torch.tensor(-1.0, device=logp.device)
     max_s = torch.where(inter, p_s, neg).argmax(-1)                          # within top-k
     max_t = torch.where(inter, q_s, neg).argmax(-1)
-    h_p = -(p * logp).sum(-1)
-    h_q = -(q * logq).sum(-1)
+    # vocabulary-wide sums as row dot products: one [B, C, V] temporary at a time
+    p = logp.exp()
+    p_logp, p_logq = _rowdot(p, logp), _rowdot(p, logq)
+    del p
+    q = logq.exp()
+    h_q = -_rowdot(q, logq)
+    del q
+    h_p = -p_logp
     values = {
         "overlap_ratio": n_in / top_k,
         "overlap_advantage": torch.where(some, (adv * interf).sum(-1) / n_in.clamp_min(1), nan),
@@ -203,7 +214,7 @@ def _metrics(logp: torch.Tensor, logq: torch.Tensor, top_k: int
         "max_teacher_p_intersection": at(max_t, q_s),
         "student_p_at_max_teacher": at(max_t, p_s),
         "advantage_at_max_teacher": at(max_t, adv),
-        "reverse_kl": (p * (logp - logq)).sum(-1),
+        "reverse_kl": p_logp - p_logq,
     }
     return values, {"overlap_advantage": n_in, "nonoverlap_advantage": n_out}
 
@@ -347,6 +358,34 @@ class _HiddenRun:
     acc: _Accumulator
 
 
+def _scaled(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """``logits`` in float32 divided by ``temperature``, without a second copy."""
+    out = logits.float()
+    return out if temperature == 1.0 else out.div_(temperature)
+
+
+def _on_policy_chunk(logprobs: list[torch.Tensor], tokens: torch.Tensor,
+                     mask: torch.Tensor, variant: str, support: str, weighting: str,
+                     top_k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The chunk's masked loss sum and its gradient with respect to the student's logits when
+    the ratio is 1: loss = -sum_v A(v) log p(v) in gradient, so d/dz = p * sum_v A(v) - A at
+    its ids. ``logprobs`` ([log p, log q]) is emptied: log q is freed as soon as the advantage
+    exists and log p becomes the gradient in place."""
+    logp, logq = logprobs
+    logprobs.clear()
+    sup = _support(variant, support, logp, logq, tokens, top_k)
+    adv = _advantage(_take(logp, sup.idx_BCM), _take(logq, sup.idx_BCM), sup.valid_BCM,
+                     variant, support, weighting)
+    del logq
+    adv.mul_(mask.unsqueeze(-1))
+    dz = logp.exp_().mul_(adv.sum(-1, keepdim=True))
+    if sup.idx_BCM is None:
+        dz.sub_(adv)
+    else:
+        dz.scatter_add_(-1, sup.idx_BCM, -adv)
+    return -adv.sum(), dz
+
+
 class _FusedHeads(torch.autograd.Function):
     """Loss from hidden states, its gradients computed chunk by chunk in the forward pass."""
 
@@ -361,19 +400,28 @@ class _FusedHeads(torch.autograd.Function):
         for s in range(0, T, run.chunk):
             h, m = s_h[:, s:s + run.chunk], run.mask[:, s:s + run.chunk]
             logq = teacher_logprobs(
-                F.linear(t_h[:, s:s + run.chunk], t_w, t_b) / run.teacher_temperature,
+                _scaled(F.linear(t_h[:, s:s + run.chunk], t_w, t_b), run.teacher_temperature),
                 s_w.shape[0])
-            z = (F.linear(h, s_w, s_b).float() / run.temperature).requires_grad_(True)
-            logp = torch.log_softmax(z.detach(), dim=-1)
+            z = _scaled(F.linear(h, s_w, s_b), run.temperature)
+            logp = torch.log_softmax(z, dim=-1)
+            if run.old is None:
+                del z   # the closed-form gradient below needs only the log-probs
             run.acc.add(*_metrics(logp, logq, min(top_k, logp.shape[-1])), m, s,
                         run.positions[:, s:s + run.chunk])
-            old = None if run.old is None else run.old[:, s:s + run.chunk]
-            with torch.enable_grad():
-                part = _objective(z, logp, logq, run.tokens[:, s:s + run.chunk], old, m,
-                                  *run.settings)
-            del logp, logq
-            if need_h or need_w or need_b:
+            tokens = run.tokens[:, s:s + run.chunk]
+            if run.old is None:  # on-policy: the gradient in closed form, no autograd graph
+                logprobs = [logp, logq]
+                del logp, logq   # the helper frees log q early and turns log p into dz
+                part, dz = _on_policy_chunk(logprobs, tokens, m, *run.settings[:4])
+            else:
+                z.requires_grad_(True)
+                with torch.enable_grad():
+                    part = _objective(z, logp, logq, tokens, run.old[:, s:s + run.chunk], m,
+                                      *run.settings)
+                del logp, logq
                 (dz,) = torch.autograd.grad(part, z)
+                del z
+            if need_h or need_w or need_b:
                 dz = (dz / run.temperature).to(h.dtype)   # through z = logits / temperature
                 if need_h:
                     grad_h[:, s:s + run.chunk] = dz @ s_w
@@ -382,20 +430,23 @@ class _FusedHeads(torch.autograd.Function):
                                   h.flatten(0, 1).to(grad_w.dtype))
                 if need_b:
                     grad_b += dz.sum((0, 1)).to(grad_b.dtype)
-                del dz
             total += part.detach().double()
-            del z, part
+            del dz, part
         n_tokens = run.mask.sum().clamp_min(1.0)
-        ctx.save_for_backward(grad_h, grad_w, grad_b, n_tokens)
+        # held on ctx, not saved for backward: a saved tensor is referenced twice, and autograd
+        # would copy the [V, H] head gradient instead of handing it to .grad
+        ctx.grads = [grad_h, grad_w, grad_b]
+        ctx.n_tokens = n_tokens
         return (total / n_tokens).float()
 
     @staticmethod
     def backward(ctx, grad_out):  # type: ignore[override]
-        grad_h, grad_w, grad_b, n_tokens = ctx.saved_tensors
-        scale = (grad_out / n_tokens).float()
-        # scaled in place: the gradients were built for this one backward pass
-        out = [None if g is None else g.mul_(scale.to(g.dtype)) for g in (grad_h, grad_w, grad_b)]
-        return (*out, None, None, None, None)
+        grads, ctx.grads = ctx.grads, None   # one backward pass: built for it, scaled in place
+        scale = (grad_out / ctx.n_tokens).float()
+        for g in grads:
+            if g is not None:
+                g.mul_(scale.to(g.dtype))
+        return (*grads, None, None, None, None)
 
 
 def opd_loss_hidden(student_hidden: torch.Tensor, student_head: torch.nn.Module,
