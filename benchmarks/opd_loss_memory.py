@@ -118,8 +118,11 @@ def run_child(impl: str, variant: str, T: int, chunk: int) -> dict:
         return {"impl": impl, "variant": variant, "T": T,
                 "failed": f"not run: needs > {need / 1024:.0f} GiB for its [T, V] tensors, "
                           f"{available_mib() / 1024:.0f} GiB available"}
+    # large blocks straight from mmap and returned when freed, so that the peak is what was
+    # alive at once (not what the allocator kept), the same for every side
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
     proc = subprocess.run([sys.executable, __file__, "--child", impl, variant, str(T),
-                           "--chunk", str(chunk)], capture_output=True, text=True)
+                           "--chunk", str(chunk)], capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         why = "killed (out of memory)" if proc.returncode in (-9, 137) else proc.stderr[-300:]
         return {"impl": impl, "variant": variant, "T": T, "failed": why}
