@@ -66,13 +66,37 @@ def tiny_recipe(recipe: dict) -> dict:
     return {**section["models"]["m"], "arch": section["archs"]["a"]}
 
 
+def _descendants(pid: int) -> list[int]:
+    """Every process below ``pid``, read from /proc (torchrun starts its workers in sessions of
+    their own, so killing its process group leaves them running)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(parent, []).append(int(stat.parent.name))
+    out, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
 def kill_when(proc: subprocess.Popen, ready, timeout: float = 600) -> None:
-    """SIGKILL ``proc`` (started with ``start_new_session=True``) and its children as soon as
-    ``ready()`` holds; fails if the process finished first."""
+    """SIGKILL ``proc`` (started with ``start_new_session=True``) and every process below it
+    as soon as ``ready()`` holds; fails if the process finished first."""
     deadline = time.time() + timeout
     while not ready() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.02)
+    below = _descendants(proc.pid)
     os.killpg(proc.pid, signal.SIGKILL)
+    for pid in below:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
 

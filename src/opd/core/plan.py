@@ -5,12 +5,16 @@ head size, MLP width, vocabulary, tied embeddings). Each job's estimate is a sum
 terms in bytes; the workflow fails the dry run, naming the job and its largest terms, when
 the sum exceeds the GPU's memory. The terms follow what the code does:
 
-- OPD (``opd_train``): every process holds the student in fp32 with its gradient and AdamW's
-  two moments (data parallel, replicated), the teacher in bf16, the colocated vLLM engine's
-  share of the GPU, the activations of one micro-batch (``max_tokens_per_micro_batch`` tokens;
-  with activation checkpointing one saved hidden state per layer plus one layer's
-  activations), and the hidden-state loss: one chunk of vocabulary-wide tensors, the student
-  head's gradient and both models' final hidden states.
+- OPD (``opd_train``): on N GPUs the student is sharded with FSDP2 (``opd.train.parallel``):
+  each GPU holds 1/N of its fp32 weights, gradients and AdamW's two moments, plus the
+  parameters gathered for computing (bf16): the embeddings, final norm and LM head for the
+  whole step and two decoder layers at a time (one computing, one prefetched), with their
+  unsharded gradients before they are reduced. On one GPU the student is whole. Every GPU
+  holds the teacher in bf16 (replicated), the colocated vLLM engine's share of the GPU, the
+  activations of one micro-batch (``max_tokens_per_micro_batch`` tokens; with activation
+  checkpointing one saved hidden state per layer plus one layer's activations), and the
+  hidden-state loss: one chunk of vocabulary-wide tensors, the student head's gradient and
+  both models' final hidden states.
 - cold-start SFT: the student in fp32 with gradient and AdamW state (gradients and optimizer
   state sharded over the job's GPUs), bf16 activations of one per-device batch (no
   checkpointing) and its float32 logits with their gradient.
@@ -67,11 +71,19 @@ class Shape:
 
     @property
     def params(self) -> int:
+        return self.layers * self.layer_params + self.outer_params
+
+    @property
+    def layer_params(self) -> int:
+        """One decoder layer: attention, MLP, two norms, q/k norms or biases."""
         q, kv = self.heads * self.head_dim, self.kv_heads * self.head_dim
-        layer = self.hidden * (2 * q + 2 * kv) + 3 * self.hidden * self.intermediate \
+        return self.hidden * (2 * q + 2 * kv) + 3 * self.hidden * self.intermediate \
             + 2 * self.hidden + 2 * self.head_dim   # + q/k norms (Qwen3) or biases (Qwen2)
-        heads = 1 if self.tied else 2
-        return self.layers * layer + heads * self.vocab * self.hidden + self.hidden
+
+    @property
+    def outer_params(self) -> int:
+        """Outside the decoder layers: embeddings, LM head (unless tied), final norm."""
+        return (1 if self.tied else 2) * self.vocab * self.hidden + self.hidden
 
     def layer_activation_bytes(self, tokens: int, elem: int) -> int:
         """Saved activations of one decoder layer for ``tokens`` tokens (SDPA / flash
@@ -139,10 +151,22 @@ def loss_bytes(student: Shape, teacher: Shape, tokens: int, chunk: int) -> int:
 def opd_estimate(job: str, student: Shape, teacher: Shape, opd: dict[str, Any], gpus: int,
                  gpu_bytes: int) -> Estimate:
     tokens = opd["max_tokens_per_micro_batch"]
-    terms = {
-        "student weights fp32": 4 * student.params,
-        "student gradients fp32": 4 * student.params,
-        "AdamW moments": 8 * student.params,
+    if gpus > 1:  # FSDP2: 1/N shards, plus what is gathered for computing
+        gathered = student.outer_params + 2 * student.layer_params
+        terms = {
+            "student weights fp32 (1/N)": 4 * student.params // gpus,
+            "student gradients fp32 (1/N)": 4 * student.params // gpus,
+            "AdamW moments (1/N)": 8 * student.params // gpus,
+            "gathered parameters bf16": 2 * gathered,
+            "gathered gradients (bf16 + fp32 reduce)": 6 * gathered,
+        }
+    else:
+        terms = {
+            "student weights fp32": 4 * student.params,
+            "student gradients fp32": 4 * student.params,
+            "AdamW moments": 8 * student.params,
+        }
+    terms |= {
         "teacher weights bf16": 2 * teacher.params,
         "activations": activation_bytes(student, tokens, 2, opd["activation_checkpointing"]),
         "teacher forward (one layer)": teacher.layer_activation_bytes(tokens, 2),

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import importlib.util
 import sys
+from collections.abc import Iterable
 from typing import Any, Protocol
 
 import torch
@@ -136,8 +137,10 @@ class VLLMRollouts:
                              ["length" if o.outputs[0].finish_reason == "length" else "stop"
                               for o in outs], tokenizer, device)
 
-    def sync(self, model: Any) -> None:
-        weights = [(name, p.detach().to("cpu", copy=True)) for name, p in model.named_parameters()]
+    def sync(self, parameters: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Reload the engine from the student's (full) parameters, e.g.
+        ``opd.train.parallel.full_parameters(student)``."""
+        weights = [(name, p.detach().to("cpu", copy=True)) for name, p in parameters]
         self.engine.llm.collective_rpc(_load_weights_on_worker, args=(weights,))
         reset = getattr(self.engine.llm, "reset_prefix_cache", None)
         if reset is not None:  # cached prompt states were computed with the old weights

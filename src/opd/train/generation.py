@@ -53,8 +53,11 @@ def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def sample_batch(model: Any, tokenizer: Any, prompts: list[str], sampling: Sampling) -> RolloutBatch:
-    """One ``generate`` call over already chat-formatted prompts (no repetition: n is 1 here)."""
+def sample_batch(model: Any, tokenizer: Any, prompts: list[str], sampling: Sampling,
+                 synced: bool = False) -> RolloutBatch:
+    """One ``generate`` call over already chat-formatted prompts (no repetition: n is 1 here).
+    ``synced``: the model is sharded over processes, which all keep stepping until every one
+    has finished (``opd.train.parallel``)."""
     tokenizer.padding_side = "left"
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
     enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
@@ -64,7 +67,7 @@ def sample_batch(model: Any, tokenizer: Any, prompts: list[str], sampling: Sampl
         **enc, max_new_tokens=sampling.max_new_tokens, do_sample=not greedy,
         temperature=None if greedy else sampling.temperature,
         top_p=None if greedy else sampling.top_p, top_k=None if greedy else 0,
-        eos_token_id=eos, pad_token_id=pad)
+        eos_token_id=eos, pad_token_id=pad, synced_gpus=synced)
     width = enc["input_ids"].shape[1]
     resp = gen[:, width:]
     is_eos = resp == eos
@@ -85,13 +88,16 @@ def sample_batch(model: Any, tokenizer: Any, prompts: list[str], sampling: Sampl
 
 
 def generate(model: Any, tokenizer: Any, prompts: list[str], sampling: Sampling,
-             batch_size: int = 64, progress: bool = True) -> list[list[Completion]]:
-    """``sampling.n`` completions for each prompt (already chat-formatted)."""
+             batch_size: int = 64, progress: bool = True,
+             synced: bool = False) -> list[list[Completion]]:
+    """``sampling.n`` completions for each prompt (already chat-formatted). ``synced``: as
+    for ``sample_batch``; every process must then make the same number of calls."""
     flat = [p for p in prompts for _ in range(sampling.n)]
     torch.manual_seed(sampling.seed)
     out: list[Completion] = []
     for start in tqdm(range(0, len(flat), batch_size), desc="generate", disable=not progress):
-        out += sample_batch(model, tokenizer, flat[start:start + batch_size], sampling).completions
+        out += sample_batch(model, tokenizer, flat[start:start + batch_size], sampling,
+                            synced).completions
     return [out[i * sampling.n:(i + 1) * sampling.n] for i in range(len(prompts))]
 
 

@@ -71,7 +71,11 @@ def response_logits(model: Any, batch: RolloutBatch) -> torch.Tensor:
 def response_hidden(model: Any, batch: RolloutBatch) -> tuple[torch.Tensor, Any]:
     """Final hidden states [N, L, H] at the positions that predicted each response token, and
     the LM head that turns them into logits: ``head(hidden)`` equals ``response_logits``
-    without the [N, L, V] tensor being formed."""
+    without the [N, L, V] tensor being formed.
+
+    The model's own forward pass runs (logits for the last position only) and the decoder's
+    output is taken on the way: a model sharded with FSDP2 gathers its embeddings, norm and
+    head only in that pass, and reduces their gradients after it."""
     head = model.get_output_embeddings()
     if not isinstance(head, torch.nn.Linear):
         raise TypeError(f"{type(model).__name__}: the OPD loss needs a linear LM head, "
@@ -80,6 +84,12 @@ def response_hidden(model: Any, batch: RolloutBatch) -> tuple[torch.Tensor, Any]
         raise ValueError(f"{type(model).__name__} caps its logits; the hidden-state loss would "
                          "differ from the model's own distribution")
     L = batch.response_mask.shape[1]
-    out = model.base_model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                           position_ids=position_ids(batch.attention_mask))
-    return out.last_hidden_state[:, -(L + 1):-1], head
+    seen: list[torch.Tensor] = []
+    hook = model.base_model.register_forward_hook(
+        lambda _m, _args, out: seen.append(out.last_hidden_state))
+    try:
+        model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+              position_ids=position_ids(batch.attention_mask), logits_to_keep=1)
+    finally:
+        hook.remove()
+    return seen[0][:, -(L + 1):-1], head

@@ -25,6 +25,7 @@ import torch
 
 from opd.core.io import file_sha256, write_json
 from opd.core.logging import read_jsonl, tensorboard
+from opd.train.parallel import grad_norm_value
 
 SCHEDULES = ("constant", "cosine")
 
@@ -58,7 +59,7 @@ def clipped_step(params: Iterable[torch.nn.Parameter], opt: torch.optim.Optimize
     """Clip the gradients to ``grad_clip`` and take the optimizer step, unless their norm is
     not finite (then the update is skipped, as the official trainer does). Returns the norm
     before clipping and whether the step was taken."""
-    grad_norm = float(torch.nn.utils.clip_grad_norm_(list(params), grad_clip))
+    grad_norm = grad_norm_value(torch.nn.utils.clip_grad_norm_(list(params), grad_clip))
     if not math.isfinite(grad_norm):
         opt.zero_grad(set_to_none=True)
         return grad_norm, False
@@ -252,10 +253,11 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state(state["cuda"])
 
 
-def save_torch_state(path: Path, optimizer: torch.optim.Optimizer,
+def save_torch_state(path: Path, optimizer_state: dict[str, Any],
                      rng: list[dict[str, Any]]) -> None:
-    """Optimizer state and every process's RNG, loadable with ``weights_only=True``."""
-    torch.save({"optimizer": optimizer.state_dict(), "rng": rng}, path)
+    """An optimizer's state dict and every process's RNG, loadable with
+    ``weights_only=True``."""
+    torch.save({"optimizer": optimizer_state, "rng": rng}, path)
 
 
 def load_torch_state(path: Path) -> dict[str, Any]:

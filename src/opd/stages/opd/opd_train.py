@@ -8,9 +8,11 @@ length, accuracy), validates periodically, checkpoints every N steps (model, opt
 data position) and resumes exactly from the last checkpoint after a crash.
 
 Several processes (``accelerate launch`` or ``torchrun``; one GPU each, or CPU processes over
-gloo) run data parallel: each holds the teacher and a student replica, samples and scores its
-share of the step's prompts, and the gradients are summed so that the update is the one of
-the token mean over every process's rollouts. Process 0 validates, logs and checkpoints.
+gloo) run data parallel: the student is sharded over them with FSDP2 (``opd.train.parallel``:
+parameters, gradients and optimizer state in 1/N shards), each holds the teacher, samples and
+scores its share of the step's prompts, and the gradients are summed so that the update is the
+one of the token mean over every process's rollouts. Every process validates its share of each
+benchmark; process 0 logs and writes checkpoints.
 
     python -m opd.stages.opd.opd_train --student S --teacher T --prompts P.parquet --out results/opd/NAME \
         --params '{...resolved experiment...}' [--benchmarks '{...}']
@@ -44,6 +46,8 @@ from opd.core.prompts import apply_template, chat_prompt
 from opd.core.models import ModelRef
 from opd.train.losses import opd_loss_hidden, weighted_means
 from opd.train.pair import load_pair, response_hidden, response_logits
+from opd.train.parallel import (full_parameters, full_state_dict, load_optimizer_state,
+                                optimizer_state, shard, sharded)
 from opd.train.trainer import (Checkpoint, RunLog, clipped_step, load_torch_state, lr_at,
                                rng_state, run_identity, save_torch_state, set_lr,
                                set_rng_state)
@@ -127,27 +131,40 @@ class PromptOrder:
 
 
 def validate(model: Any, tok: Any, benchmarks: dict[str, pd.DataFrame], cfg: OPDParams,
-             seed: int, thinking: bool = False) -> dict[str, float]:
-    """Sampled accuracy on each benchmark. Runs on a forked RNG, so that how often a run
-    validates never changes the rollouts it trains on."""
+             seed: int, thinking: bool = False, world: int = 1,
+             rank: int = 0) -> dict[str, float]:
+    """Sampled accuracy on each benchmark, every process answering its share of the problems
+    (``world`` > 1). Runs on a forked RNG, so that how often a run validates never changes
+    the rollouts it trains on."""
     cuda = [torch.cuda.current_device()] if torch.cuda.is_available() else []
     with torch.random.fork_rng(devices=cuda):
-        return _validate(model, tok, benchmarks, cfg, seed, thinking)
+        return _validate(model, tok, benchmarks, cfg, seed + rank, thinking, world, rank)
 
 
 def _validate(model: Any, tok: Any, benchmarks: dict[str, pd.DataFrame], cfg: OPDParams,
-              seed: int, thinking: bool) -> dict[str, float]:
+              seed: int, thinking: bool, world: int, rank: int) -> dict[str, float]:
     val = cfg.validation
     sampling = Sampling(max_new_tokens=val.max_new_tokens, temperature=val.temperature,
                         top_p=val.top_p, n=val.n, seed=seed)
+    synced = sharded(model)
     model.eval()
     out = {}
     for name, df in benchmarks.items():
+        if len(df) < world:
+            raise ValueError(f"benchmark {name} has {len(df)} problems, fewer than the "
+                             f"{world} processes that validate on it")
+        mine = df.iloc[rank::world]
         prompts = [chat_prompt(tok, apply_template(val.template, p), thinking)
-                   for p in df["problem"]]
-        res = generate(model, tok, prompts, sampling, batch_size=256, progress=False)
-        out[f"val/{name}"] = sum(is_correct(c.text, a) for r, a in zip(res, df["answer"])
-                                 for c in r) / max(1, sum(len(r) for r in res))
+                   for p in mine["problem"]]
+        # sharded: one call per process, so that every process steps the same generate loops
+        res = generate(model, tok, prompts, sampling, progress=False, synced=synced,
+                       batch_size=len(prompts) * val.n if synced else 256)
+        counts = torch.tensor([sum(is_correct(c.text, a) for r, a in zip(res, mine["answer"])
+                                   for c in r), sum(len(r) for r in res)], dtype=torch.float64)
+        if world > 1:
+            torch.distributed.all_reduce(counts)
+        out[f"val/{name}"] = float(counts[0] / counts[1].clamp_min(1))
+    model.train()
     return out
 
 
@@ -175,13 +192,17 @@ def local_share(idx: list[int], world: int, rank: int) -> list[int]:
     return idx[rank::world]
 
 
-def sum_gradients(model: Any) -> None:
-    """Sum every gradient over the processes. Each process scaled its loss by its tokens over
-    the step's tokens on all processes, so the sum is the gradient of the global token mean."""
-    for p in model.parameters():
-        if p.grad is None:
-            p.grad = torch.zeros_like(p)
-        torch.distributed.all_reduce(p.grad, op=torch.distributed.ReduceOp.SUM)
+def step_micro_batches(batch: RolloutBatch, cfg: OPDParams, student: Any
+                       ) -> list[tuple[RolloutBatch, bool]]:
+    """This process's micro-batches of the step, each with whether it counts. A sharded
+    student needs every process to run as many forward and backward passes as the others:
+    a process with fewer repeats its last micro-batch with weight 0."""
+    own = micro_batches(batch, cfg.max_tokens_per_micro_batch)
+    if not sharded(student):
+        return [(mb, True) for mb in own]
+    most = torch.tensor(len(own), device=batch.input_ids.device)
+    torch.distributed.all_reduce(most, op=torch.distributed.ReduceOp.MAX)
+    return [(mb, True) for mb in own] + [(own[-1], False)] * (int(most) - len(own))
 
 
 def rollout_logprobs(student: Any, mb: RolloutBatch, cfg: OPDParams) -> torch.Tensor:
@@ -202,8 +223,8 @@ def accumulate(student: Any, teacher: Any, batch: RolloutBatch, cfg: OPDParams,
     the rollout policy's log-probs per micro-batch (PPO-style clipping), or None on-policy."""
     parts: list[tuple[dict[str, float], int]] = []
     buckets: list[dict] = []
-    for i, mb in enumerate(micro_batches(batch, cfg.max_tokens_per_micro_batch)):
-        n_tok = int(mb.response_mask.sum())
+    for i, (mb, counts) in enumerate(step_micro_batches(batch, cfg, student)):
+        n_tok = int(mb.response_mask.sum()) if counts else 0
         with torch.no_grad(), autocast(cfg):
             t_hidden, t_head = response_hidden(teacher, mb)
         with autocast(cfg):
@@ -218,10 +239,23 @@ def accumulate(student: Any, teacher: Any, batch: RolloutBatch, cfg: OPDParams,
                 old_logprobs=None if old is None else old[i], clip_range=cfg.clip_range,
                 chunk_size=cfg.chunk_size, bucket_size=cfg.bucket_size)
         (loss * n_tok / step_tokens).backward()
+        if not counts:
+            continue
         buckets += metrics.pop("buckets", [])
         weights = metrics.pop("weights")
         parts.append(({"loss": loss.item(), **metrics}, {"loss": n_tok, **weights}))
     return parts, buckets
+
+
+def prepare_student(student: Any, cfg: OPDParams, world: int, bf16: bool) -> None:
+    """Training mode, optional activation checkpointing (each layer recomputed in the backward
+    pass) and, on several processes, FSDP2 sharding (parameters, gradients and optimizer state
+    in 1/world shards); the optimizer is made after this."""
+    student.train()
+    if cfg.activation_checkpointing:
+        student.activation_checkpointing_enable({"use_reentrant": False})
+    if world > 1:
+        shard(student, bf16=bf16)
 
 
 def make_generator(cfg: OPDParams, weights: ModelRef, rank: int) -> Any:
@@ -264,11 +298,10 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     resumed = ckpt.find(main=False)
     tok, student, teacher = load_pair(args.student, args.teacher,
                                       str(ckpt.current) if resumed else None, on=acc.device)
-    student.train()
-    if cfg.activation_checkpointing:  # each layer recomputed in the backward pass
-        student.activation_checkpointing_enable({"use_reentrant": False})
-    if torch.device(acc.device).type == "cuda" and cfg.mixed_precision == "bf16":
+    bf16 = torch.device(acc.device).type == "cuda" and cfg.mixed_precision == "bf16"
+    if bf16:
         teacher.to(torch.bfloat16)  # never trained: bf16 weights are all it needs
+    prepare_student(student, cfg, world, bf16)
     opt = torch.optim.AdamW(student.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     prompts = fitting_prompts(load_prompt_set(args.prompts), tok, cfg, args.student.thinking)
     if cfg.steps is None:  # one epoch, as the official runs; verl drops an incomplete batch
@@ -279,7 +312,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     start = 0
     if resumed:
         blob = load_torch_state(ckpt.current / "trainer_state.pt")
-        opt.load_state_dict(blob["optimizer"])
+        load_optimizer_state(student, opt, blob["optimizer"])
         set_rng_state(blob["rng"][rank])
         start, order.position = resumed["step"], resumed["data_position"]
         if main:
@@ -288,7 +321,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
                  resume_text=ckpt.log_text() if resumed and main else None, start_step=start)
     generator = make_generator(cfg, ModelRef(str(ckpt.current), True) if resumed else args.student,
                                rank)
-    benchmarks = {k: load_benchmark(v) for k, v in (args.benchmarks or {}).items()} if main else {}
+    benchmarks = {k: load_benchmark(v) for k, v in (args.benchmarks or {}).items()}
     sampling = Sampling(max_new_tokens=cfg.max_response_tokens, temperature=cfg.temperature,
                         top_p=1.0, seed=cfg.seed)
     n_resp = cfg.responses_per_prompt
@@ -302,7 +335,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         answers = [a for a in rows["answer"] for _ in range(n_resp)]
         if generator is None:
             student.eval()
-            batch = sample_batch(student, tok, texts, sampling)
+            batch = sample_batch(student, tok, texts, sampling, synced=sharded(student))
             student.train()
         else:
             batch = generator.sample(texts, sampling, tok, acc.device)
@@ -312,7 +345,8 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         lr = lr_at(step, cfg.lr, cfg.steps, cfg.lr_schedule, cfg.warmup_ratio)
         set_lr(opt, lr)
         # one update per batch is strictly on-policy; more updates clip against the rollout policy
-        old = ([rollout_logprobs(student, mb, cfg) for mb in micro_batches(batch, cfg.max_tokens_per_micro_batch)]
+        old = ([rollout_logprobs(student, mb, cfg)
+                for mb, _ in step_micro_batches(batch, cfg, student)]
                if cfg.updates_per_batch > 1 else None)
         skipped = 0
         for update in range(cfg.updates_per_batch):
@@ -320,21 +354,23 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             update_parts, update_buckets = accumulate(student, teacher, batch, cfg, step_tokens, old)
             if update == 0:  # the mechanism metrics of the rollout policy
                 parts, buckets = update_parts, update_buckets
-            if world > 1:
-                sum_gradients(student)
             grad_norm, stepped = clipped_step(student.parameters(), opt, cfg.grad_clip)
             if not stepped:
                 skipped += 1
                 if main:
                     print(f"step {step}: gradient norm {grad_norm} is not finite; update skipped")
         if generator is not None:
-            generator.sync(student)
+            generator.sync(full_parameters(student))
         mine = {"parts": parts, "buckets": buckets,
                 "lengths": [c.response_tokens for c in batch.completions],
                 "truncated": [c.finish_reason == "length" for c in batch.completions],
                 "graded": [is_correct(c.text, a) for c, a in zip(batch.completions, answers) if a]}
         every = gather_object([mine]) if world > 1 else [mine]
         last = step + 1 == cfg.steps
+        scores = (validate(student, tok, benchmarks, cfg, cfg.seed + step,
+                           args.student.thinking, world, rank)
+                  if benchmarks and ((step + 1) % cfg.validation_every == 0 or last or step == 0)
+                  else {})
         if main:
             agg = weighted_means([p for e in every for p in e["parts"]])
             lengths = [n for e in every for n in e["lengths"]]
@@ -345,30 +381,30 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
                     "truncated": sum(t for e in every for t in e["truncated"]) / len(lengths),
                     "accuracy": sum(graded) / len(graded) if graded else None,
                     "buckets": merge_buckets([b for e in every for b in e["buckets"]]),
-                    "seconds": round(time.time() - t0, 3)}
-            if benchmarks and ((step + 1) % cfg.validation_every == 0 or last or step == 0):
-                line.update(validate(student, tok, benchmarks, cfg, cfg.seed + step,
-                                     args.student.thinking))
+                    "seconds": round(time.time() - t0, 3), **scores}
             log.write(line, step)
             bar.set_postfix(loss=f"{agg.get('loss', 0):.4f}",
                             overlap=f"{agg.get('overlap_ratio', 0):.3f}")
         if (step + 1) % cfg.checkpoint_every == 0 or last:
             rng = rng_state()
             rng_states = gather_object([rng]) if world > 1 else [rng]
+            # gathered by every process, held by process 0
+            weights, opt_state = full_state_dict(student), optimizer_state(student, opt)
 
             def write(tmp: Path) -> None:
                 if main:
-                    student.save_pretrained(tmp, safe_serialization=True)
+                    student.save_pretrained(tmp, state_dict=weights, safe_serialization=True)
                     tok.save_pretrained(tmp)
-                    save_torch_state(tmp / "trainer_state.pt", opt, rng_states)
+                    save_torch_state(tmp / "trainer_state.pt", opt_state, rng_states)
 
             ckpt.save(step + 1, write, log.path, state={"data_position": order.position},
                       main=main, barrier=acc.wait_for_everyone)
+    weights = full_state_dict(student)
     if not main:
         return {}
     log.close()
     with atomic_dir(args.out / "final") as tmp:
-        student.save_pretrained(tmp, safe_serialization=True)
+        student.save_pretrained(tmp, state_dict=weights, safe_serialization=True)
         tok.save_pretrained(tmp)
     lines = log.lines()
     summary = {"steps": cfg.steps, "first": lines[0], "last": lines[-1], "params": args.params,

@@ -171,7 +171,7 @@ def train(recipe: Recipe, tokenizer: Any, heldout: set[tuple], init: Path | None
         if (step + 1) % recipe.checkpoint_every == 0 and step + 1 < recipe.steps:
             def write(tmp: Path) -> None:
                 model.save_pretrained(tmp, safe_serialization=True)
-                save_torch_state(tmp / "trainer_state.pt", opt, [rng_state()])
+                save_torch_state(tmp / "trainer_state.pt", opt.state_dict(), [rng_state()])
             ckpt.save(step + 1, write, log.path)
     stats = {"final_loss": sum(losses[-50:]) / len(losses[-50:]),
              "train_seconds": round(time.time() - t0, 1),
