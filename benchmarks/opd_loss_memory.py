@@ -14,7 +14,7 @@ gradient (891 MiB), which any training step has. Three implementations:
 All must agree on the loss and a fixed sample of hidden-state gradient entries to 1e-5. A side
 whose logits alone cannot fit in the machine's available memory is not run; the table says so.
 
-    python benchmarks/opd_loss_memory.py [--lengths 2048 8192 32768] [--chunk 256]
+    python benchmarks/opd_loss_memory.py [--lengths 2048 8192 32768] [--chunk 256] [--merge]
 
 Writes results/benchmarks/opd_loss_memory.json and .md.
 """
@@ -144,6 +144,9 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("results/benchmarks"))
     ap.add_argument("--markdown-only", action="store_true",
                     help="rewrite the Markdown table from the JSON of the last run")
+    ap.add_argument("--merge", action="store_true",
+                    help="keep the rows of other lengths from the JSON of an earlier run "
+                         "(measure the longest sequences separately)")
     args = ap.parse_args()
     if args.markdown_only:
         result = json.loads((args.out / "opd_loss_memory.json").read_text())
@@ -171,6 +174,10 @@ def main() -> None:
                 side.pop("grad_sample", None)
             rows.append(row)
             print(json.dumps(row), flush=True)
+    previous = args.out / "opd_loss_memory.json"
+    if args.merge and previous.exists():
+        kept = [r for r in json.loads(previous.read_text())["rows"] if r["T"] not in args.lengths]
+        rows = sorted(kept + rows, key=lambda r: (r["T"], VARIANTS.index(r["variant"])))
     result = {"vocab": V, "hidden": HIDDEN, "batch": 1, "device": "cpu",
               "cpu_count": os.cpu_count(), "chunk_size": args.chunk,
               "machine": platform.machine(),

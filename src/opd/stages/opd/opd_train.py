@@ -367,6 +367,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
                 "graded": [is_correct(c.text, a) for c, a in zip(batch.completions, answers) if a]}
         every = gather_object([mine]) if world > 1 else [mine]
         last = step + 1 == cfg.steps
+        seconds = round(time.time() - t0, 3)   # the training step, without validation
         scores = (validate(student, tok, benchmarks, cfg, cfg.seed + step,
                            args.student.thinking, world, rank)
                   if benchmarks and ((step + 1) % cfg.validation_every == 0 or last or step == 0)
@@ -381,7 +382,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
                     "truncated": sum(t for e in every for t in e["truncated"]) / len(lengths),
                     "accuracy": sum(graded) / len(graded) if graded else None,
                     "buckets": merge_buckets([b for e in every for b in e["buckets"]]),
-                    "seconds": round(time.time() - t0, 3), **scores}
+                    "seconds": seconds, **scores}
             log.write(line, step)
             bar.set_postfix(loss=f"{agg.get('loss', 0):.4f}",
                             overlap=f"{agg.get('overlap_ratio', 0):.3f}")
