@@ -117,10 +117,10 @@ def test_a_job_that_cannot_fit_stops_the_dry_run(tmp_path):
     shutil.copytree(REPO / "slurm", work / "slurm")
     offline = cache_released(work)
     proc = run_snakemake(["--profile", "slurm", "-n", *offline, "--config",
-                          "resources={default: {gpu: 0, gpu_memory_gb: 40}, "
+                          "resources={default: {gpu: 0, gpu_memory_gb: 30}, "
                           "rules: {opd_train: {gpu: 8}}}"], work)
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0
     assert "GPU memory plan: these jobs do not fit" in out, out[-3000:]
-    assert "opd_train justrl_to_r1_1p5b:" in out and "of 40 GiB" in out
+    assert "opd_train justrl_to_r1_1p5b:" in out and "of 30 GiB" in out
     assert not (work / "results").exists()
