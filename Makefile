@@ -8,7 +8,7 @@ SNAKEMAKE_ARGS ?=
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-fast dry-run bench bench-faiss bench-loss bench-trl bench-pipeline lock clean-results
+.PHONY: run test test-fast dry-run bench bench-faiss bench-loss bench-trl bench-pipeline bench-gpu lock clean-results
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -37,6 +37,11 @@ bench-faiss: $(STAMP)
 
 bench-loss: $(STAMP)
 	$(BIN)/python benchmarks/opd_loss_memory.py
+
+# On a GPU machine (not part of `bench`): two OPD updates at the paper's shapes, recorded in
+# benchmarks/recorded/gpu_paper_shapes.md. Needs the tiny tokenizer (make run).
+bench-gpu: $(STAMP)
+	$(BIN)/python benchmarks/gpu_paper_shapes.py --tokenizer results/models/tiny/student
 
 # Needs the tiny models (make run) and TRL (the `bench` extra, installed here on first use).
 bench-trl: $(STAMP)
