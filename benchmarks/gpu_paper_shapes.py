@@ -5,8 +5,8 @@ architecture (Qwen2: hidden 1,536, 28 layers, 12 heads, 2 key/value heads, MLP 8
 vocabulary 151,936), built locally (no download). Each update takes a batch of rollouts with
 ``--response-tokens`` response tokens each (7,168 by default, the official response length)
 and runs what ``opd_train`` runs for it: ``prepare_student`` (activation checkpointing; FSDP2
-on several processes), ``accumulate`` (token-budget micro-batches, teacher and student hidden
-states, the hidden-state loss, backward) and ``clipped_step`` (AdamW). The response tokens are
+on several processes) and ``update`` (token-budget micro-batches, teacher and student hidden
+states, the hidden-state loss, backward, clipping, AdamW). The response tokens are
 drawn uniformly from the vocabulary, which is what a randomly initialised model samples; the
 sampling itself (vLLM on the cluster) is not part of the check. Measured: peak GPU memory
 (``torch.cuda.max_memory_allocated``), seconds and tokens per second of each update, next to
@@ -35,10 +35,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen2Config
 
 from opd.core.config import section
 from opd.core.plan import GIB, Shape, opd_estimate
-from opd.stages.opd.opd_train import OPDParams, accumulate, prepare_student
+from opd.stages.opd.opd_train import OPDParams, prepare_student, update
 from opd.train.generation import RolloutBatch
 from opd.train.pair import load_pair
-from opd.train.trainer import clipped_step
 
 R1_DISTILL_1P5B = dict(hidden_size=1536, intermediate_size=8960, num_hidden_layers=28,
                        num_attention_heads=12, num_key_value_heads=2, vocab_size=151936,
@@ -110,9 +109,7 @@ def main() -> None:
                 torch.cuda.synchronize()
                 torch.cuda.reset_peak_memory_stats()
             t0 = time.perf_counter()
-            opt.zero_grad(set_to_none=True)
-            parts, _ = accumulate(student, teacher, batch, params, tokens)
-            grad_norm, _ = clipped_step(student.parameters(), opt, params.grad_clip)
+            parts, _, grad_norm, _ = update(student, teacher, opt, batch, params, tokens)
             if cuda:
                 torch.cuda.synchronize()
             seconds = time.perf_counter() - t0

@@ -1,5 +1,5 @@
 """Two OPD updates on one fixed batch of rollouts, each process taking its share, as the
-trainer takes them (``prepare_student``, ``accumulate``, then ``clipped_step``); run with ``torchrun`` for
+trainer takes them (``prepare_student``, then ``update``); run with ``torchrun`` for
 several processes (the student sharded with FSDP2) or plainly for one.
 
     python sharded_probe.py STUDENT TEACHER PARAMS_JSON OUT
@@ -16,11 +16,10 @@ import torch
 from accelerate import Accelerator
 
 from opd.core.prompts import chat_prompt
-from opd.stages.opd.opd_train import OPDParams, accumulate, prepare_student
+from opd.stages.opd.opd_train import OPDParams, prepare_student, update
 from opd.train.generation import RolloutBatch, Sampling, sample_batch
 from opd.train.pair import load_pair
 from opd.train.parallel import full_state_dict
-from opd.train.trainer import clipped_step
 
 
 def main(student_dir: str, teacher_dir: str, params: str, out: str) -> None:
@@ -39,13 +38,11 @@ def main(student_dir: str, teacher_dir: str, params: str, out: str) -> None:
     opt = torch.optim.AdamW(student.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     losses = []
     for _ in range(2):
-        opt.zero_grad(set_to_none=True)
-        parts, _ = accumulate(student, teacher, mine, cfg, total)
+        parts, _, _, _ = update(student, teacher, opt, mine, cfg, total)
         loss = torch.tensor(sum(m["loss"] * w["loss"] for m, w in parts), dtype=torch.float64)
         if world > 1:
             torch.distributed.all_reduce(loss)
         losses.append(float(loss) / total)
-        clipped_step(student.parameters(), opt, cfg.grad_clip)
     weights = full_state_dict(student)
     if rank == 0:
         torch.save({"losses": losses, "weights": weights}, out)

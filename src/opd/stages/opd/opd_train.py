@@ -247,6 +247,19 @@ def accumulate(student: Any, teacher: Any, batch: RolloutBatch, cfg: OPDParams,
     return parts, buckets
 
 
+def update(student: Any, teacher: Any, opt: torch.optim.Optimizer, batch: RolloutBatch,
+           cfg: OPDParams, step_tokens: int, old: list[torch.Tensor] | None = None,
+           ) -> tuple[list[tuple[dict[str, float], int]], list[dict], float, bool]:
+    """One optimizer update on this process's rollouts: the gradient of the step's token-mean
+    loss accumulated micro-batch by micro-batch (``accumulate``), clipped, then the AdamW step
+    unless its norm is not finite. Returns the micro-batch metrics, the position buckets, the
+    gradient norm and whether the update was taken."""
+    opt.zero_grad(set_to_none=True)
+    parts, buckets = accumulate(student, teacher, batch, cfg, step_tokens, old)
+    grad_norm, stepped = clipped_step(student.parameters(), opt, cfg.grad_clip)
+    return parts, buckets, grad_norm, stepped
+
+
 def prepare_student(student: Any, cfg: OPDParams, world: int, bf16: bool) -> None:
     """Training mode, optional activation checkpointing (each layer recomputed in the backward
     pass) and, on several processes, FSDP2 sharding (parameters, gradients and optimizer state
@@ -349,12 +362,11 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
                 for mb, _ in step_micro_batches(batch, cfg, student)]
                if cfg.updates_per_batch > 1 else None)
         skipped = 0
-        for update in range(cfg.updates_per_batch):
-            opt.zero_grad(set_to_none=True)
-            update_parts, update_buckets = accumulate(student, teacher, batch, cfg, step_tokens, old)
-            if update == 0:  # the mechanism metrics of the rollout policy
+        for i in range(cfg.updates_per_batch):
+            update_parts, update_buckets, grad_norm, stepped = update(
+                student, teacher, opt, batch, cfg, step_tokens, old)
+            if i == 0:  # the mechanism metrics of the rollout policy
                 parts, buckets = update_parts, update_buckets
-            grad_norm, stepped = clipped_step(student.parameters(), opt, cfg.grad_clip)
             if not stepped:
                 skipped += 1
                 if main:
