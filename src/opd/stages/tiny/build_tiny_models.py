@@ -64,15 +64,14 @@ class Recipe:
 
 
 def make_config(arch: dict[str, int], tokenizer: Any) -> Qwen3Config:
-    heads = arch["num_attention_heads"]
     return Qwen3Config(
         vocab_size=len(tokenizer),
         hidden_size=arch["hidden_size"],
         intermediate_size=arch["intermediate_size"],
         num_hidden_layers=arch["num_hidden_layers"],
-        num_attention_heads=heads,
+        num_attention_heads=arch["num_attention_heads"],
         num_key_value_heads=arch["num_key_value_heads"],
-        head_dim=arch["hidden_size"] // heads,
+        head_dim=arch["head_dim"],
         max_position_embeddings=arch["max_position_embeddings"],
         rope_theta=10000.0,
         tie_word_embeddings=True,
