@@ -97,10 +97,16 @@ class TransformersEngine:
                         batch_size=self.batch_size, progress=progress)
 
 
-def vllm_seeds(seed: int, count: int) -> list[int]:
-    """One sampling seed per request, so that each prompt has a random stream of its own and a
-    chunk or step sampled again (after a resume) draws the same tokens."""
-    return [(seed * 1_000_003 + i) % 2**62 for i in range(count)]
+def vllm_requests(sampling: Sampling, count: int, n: int) -> list[Any]:
+    """vLLM sampling parameters for ``count`` prompts, ``n`` samples each, with a seed of its
+    own per prompt (derived from ``sampling.seed``), so that each prompt has a random stream of
+    its own and a chunk or step sampled again (after a resume) draws the same tokens."""
+    from vllm import SamplingParams
+
+    return [SamplingParams(n=n, temperature=sampling.temperature, top_p=sampling.top_p,
+                           max_tokens=sampling.max_new_tokens,
+                           seed=(sampling.seed * 1_000_003 + i) % 2**62)
+            for i in range(count)]
 
 
 class VLLMEngine:
@@ -144,13 +150,8 @@ class VLLMEngine:
 
     def generate(self, prompts: list[str], sampling: Sampling,
                  progress: bool = True) -> list[list[Completion]]:
-        from vllm import SamplingParams
-
-        params = [SamplingParams(n=sampling.n, temperature=sampling.temperature,
-                                 top_p=sampling.top_p, max_tokens=sampling.max_new_tokens,
-                                 seed=s)
-                  for s in vllm_seeds(sampling.seed, len(prompts))]
-        outputs = self.llm.generate(prompts, params, use_tqdm=progress)
+        outputs = self.llm.generate(prompts, vllm_requests(sampling, len(prompts), sampling.n),
+                                    use_tqdm=progress)
         return [[Completion(o.text, "length" if o.finish_reason == "length" else "stop",
                             len(out.prompt_token_ids), len(o.token_ids)) for o in out.outputs]
                 for out in outputs]
@@ -197,14 +198,10 @@ class VLLMRollouts:
 
     def sample(self, prompts: list[str], sampling: Sampling, tokenizer: Any,
                device: Any) -> Any:
-        from vllm import SamplingParams
-
         from opd.train.generation import rollout_batch
 
-        params = [SamplingParams(n=1, temperature=sampling.temperature, top_p=sampling.top_p,
-                                 max_tokens=sampling.max_new_tokens, seed=s)
-                  for s in vllm_seeds(sampling.seed, len(prompts))]
-        outs = self.engine.llm.generate(prompts, params, use_tqdm=False)
+        outs = self.engine.llm.generate(prompts, vllm_requests(sampling, len(prompts), 1),
+                                        use_tqdm=False)
         return rollout_batch([list(o.prompt_token_ids) for o in outs],
                              [list(o.outputs[0].token_ids) for o in outs],
                              ["length" if o.outputs[0].finish_reason == "length" else "stop"
