@@ -19,7 +19,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import REPO, copy_workflow, kill_when, snakemake_command, tiny_recipe
+from conftest import (REPO, copy_workflow, kill_when, schema_section, snakemake_command,
+                      tiny_recipe)
 from opd.stages.tiny.build_tiny_models import main as build_model
 
 HERE = REPO / "tests" / "vllm_cpu"
@@ -35,7 +36,7 @@ def vllm_python():
     if not os.path.exists(python):
         if os.environ.get("CI"):
             pytest.fail(f"{python} is missing: `make test` builds the vLLM environment")
-        pytest.skip(f"no vLLM environment at {python} (make .venv-vllm/.installed)")
+        pytest.skip(f"no vLLM environment at {python} (make vllm-env)")
     return python
 
 
@@ -82,8 +83,6 @@ def test_colocated_generator_scores_like_the_trained_student_after_every_sync(
         vllm_python, small_pair, tmp_path):
     """opd.generator: vllm. After each of three optimizer steps the engine's log-probs of a
     fixed sequence equal (1e-3) those of the student's weights at that step, which moved."""
-    from conftest import schema_section
-
     params = {**schema_section(
         "opd", lr=3e-2, prompts_per_step=2, responses_per_prompt=2, max_response_tokens=12,
         max_prompt_tokens=128, weight_decay=0.0, variant="full", checkpoint_every=10,
