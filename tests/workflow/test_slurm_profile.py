@@ -10,6 +10,8 @@ import shutil
 
 import yaml
 
+from opd.core.config import validate
+
 from conftest import REPO, cache_released, copy_workflow, run_snakemake
 
 STUB = REPO / "tests/workflow/slurm_stub/stub.py"
@@ -97,7 +99,10 @@ def test_profile_dry_run_lists_the_paper_dag_without_slurm(tmp_path):
     # the memory plan of every GPU job is printed before the jobs
     assert "GPU memory plan (per GPU):" in proc.stderr
     assert proc.stderr.count("\n  opd_train ") == len(cfg["experiments"])
-    assert int(counts["opd_train"]) == len(cfg["experiments"])
+    # every experiment once per seed (the schema's three when the config names none)
+    seeds = validate(cfg)["seeds"]
+    assert len(seeds) >= 1
+    assert int(counts["opd_train"]) == len(cfg["experiments"]) * len(seeds)
     # one diagnosis per distinct pair, prompt set and template (objective variants share it)
     pairs = {(e["student"], e["teacher"], e["prompts"], e.get("template", "default"))
              for e in cfg["experiments"].values()}

@@ -58,12 +58,19 @@ def test_group_tables_figures_and_claims(finished_run):
         assert png[:4] == b"\x89PNG"
     assert (finished_run / "results/figures/long_horizon_strong_topk.png").exists()
     summary = (finished_run / "results/tables/README.md").read_text()
-    claims = [ln for ln in summary.splitlines() if ln.startswith("| [")]
-    assert len(claims) == 10 and all(ln.rstrip(" |").endswith(("yes", "**no**")) for ln in claims)
-    # the robust mechanism finding: a compatible teacher starts with higher overlap
-    pattern = pd.read_csv(finished_run / "results/tables/thinking_pattern.csv").set_index("experiment")
-    assert (pattern.loc["strong_teacher", "overlap_ratio_initial"]
-            > pattern.loc["mismatched_teacher", "overlap_ratio_initial"] + 0.1)
+    claims = json.loads((finished_run / "results/tables/claims.json").read_text())
+    seeds = claims["seeds"]
+    lines = [ln for ln in summary.splitlines() if ln.startswith("| [")]
+    assert len(lines) == len(claims["claims"]) >= 10
+    for line, claim in zip(lines, claims["claims"]):
+        assert line.rstrip(" |").endswith((claim["verdict"], f"{claim['verdict']}**"))
+        assert len(claim["values_a"]) == len(seeds)
+    verdicts = {c["claim"]: c["verdict"] for c in claims["claims"]}
+    # the robust mechanism findings hold with their intervals
+    assert verdicts["the compatible teacher starts with higher overlap"] == "holds"
+    assert verdicts["a successful run ends with shared mass >= 0.9"] == "holds"
+    pattern = pd.read_csv(finished_run / "results/tables/thinking_pattern.csv")
+    assert sorted(set(pattern["seed"])) == seeds
 
 
 def test_prompt_sets_for_the_prompt_group(finished_run):
@@ -78,32 +85,42 @@ def test_prompt_sets_for_the_prompt_group(finished_run):
 
 
 def test_opd_runs_log_every_step(finished_run):
+    runs = sorted((finished_run / "results/opd/strong_teacher").glob("seed*"))
+    assert len(runs) == len(json.loads((finished_run / "results/tables/claims.json")
+                                       .read_text())["seeds"])
     for exp in ("strong_teacher", "mismatched_teacher"):
-        lines = (finished_run / f"results/opd/{exp}/metrics.jsonl").read_text().splitlines()
-        assert [json.loads(ln)["step"] for ln in lines] == list(range(60))
-        assert (finished_run / f"results/opd/{exp}/final/model.safetensors").exists()
+        for run in runs:
+            lines = (finished_run / f"results/opd/{exp}/{run.name}/metrics.jsonl").read_text()
+            assert [json.loads(ln)["step"] for ln in lines.splitlines()] == list(range(60))
+            assert (finished_run / f"results/opd/{exp}/{run.name}/final/model.safetensors").exists()
+    # seeds draw different rollouts
+    first = [(finished_run / f"results/opd/strong_teacher/{r.name}/metrics.jsonl").read_text()
+             .splitlines()[0] for r in runs]
+    assert len(set(first)) == len(first)
 
 
 def test_mismatched_teacher_fails_while_compatible_teacher_stays_aligned(finished_run):
-    def run(exp):
-        path = finished_run / f"results/opd/{exp}/metrics.jsonl"
+    def run(exp, seed):
+        path = finished_run / f"results/opd/{exp}/{seed}/metrics.jsonl"
         return [json.loads(ln) for ln in path.read_text().splitlines()]
 
-    strong, mismatched = run("strong_teacher"), run("mismatched_teacher")
     mean = lambda lines, k: sum(ln[k] for ln in lines) / len(lines)  # noqa: E731
-    # the paper's successful runs hold 97-99% of the mass on shared tokens
-    assert mean(strong, "shared_mass_student") > 0.97
-    assert mean(strong, "shared_mass_student") > mean(mismatched, "shared_mass_student") + 0.05
-    assert mean(strong, "overlap_ratio") > mean(mismatched, "overlap_ratio") + 0.1
-    assert mean(strong[-5:], "reverse_kl") < mean(strong[:5], "reverse_kl")
-    assert mean(strong[-5:], "reverse_kl") < mean(mismatched[-5:], "reverse_kl")
-    # Only effects far outside one run's noise are asserted here. The strong teacher's accuracy
-    # gain and its small rise in overlap are claims of the tables (results/tables/README.md),
-    # not end-to-end assertions: one 60-step run on 100 benchmark problems cannot fix their sign
-    # on every machine.
-    # the mismatched teacher drives the student's accuracy down
-    table = pd.read_csv(finished_run / "results/tables/thinking_pattern.csv").set_index("experiment")
-    assert table.loc["mismatched_teacher", "accuracy_delta"] < -0.1
+    # Only effects far outside one run's noise are asserted here, on every seed. The gains
+    # and their differences are claims of the tables (results/tables/README.md), judged over
+    # seeds with their intervals.
+    table = pd.read_csv(finished_run / "results/tables/thinking_pattern.csv")
+    for seed in sorted(p.name for p in (finished_run / "results/opd/strong_teacher").glob("seed*")):
+        strong, mismatched = run("strong_teacher", seed), run("mismatched_teacher", seed)
+        # the paper's successful runs hold 97-99% of the mass on shared tokens
+        assert mean(strong, "shared_mass_student") > 0.97
+        assert mean(strong, "shared_mass_student") > mean(mismatched, "shared_mass_student") + 0.05
+        assert mean(strong, "overlap_ratio") > mean(mismatched, "overlap_ratio") + 0.1
+        assert mean(strong[-5:], "reverse_kl") < mean(strong[:5], "reverse_kl")
+        assert mean(strong[-5:], "reverse_kl") < mean(mismatched[-5:], "reverse_kl")
+        # the mismatched teacher drives the student's accuracy down
+        row = table[(table["experiment"] == "mismatched_teacher")
+                    & (table["seed"] == int(seed.removeprefix("seed")))]
+        assert row["accuracy_delta"].item() < -0.1
 
 
 def test_cold_start_chain(finished_run):
@@ -123,7 +140,8 @@ def test_cold_start_chain(finished_run):
 
 
 def test_every_evaluation_has_a_summary(finished_run):
-    for model in ("base", "student", "base_sft", "strong_teacher", "cold_start_rescue"):
+    for model in ("base", "student", "base_sft", "strong_teacher/seed0",
+                  "cold_start_rescue/seed0"):
         for bench in ("aime24", "aime25", "amc23"):
             s = json.loads((finished_run / f"results/eval/{model}/{bench}.json").read_text())
             assert s["samples_per_problem"] == 4 and 0.0 <= s["avg_at_n"] <= s["pass_at_n"] <= 1.0

@@ -123,6 +123,23 @@ def experiment(wildcards):
     return config["experiments"][wildcards.experiment]
 
 
+def seeds():
+    return list(config["seeds"])
+
+
+def run_name(name, seed):
+    """One OPD run: an experiment trained with one seed of `seeds`."""
+    return f"{name}/seed{seed}"
+
+
+def runs(names=None):
+    return [run_name(e, s) for e in (experiments() if names is None else names) for s in seeds()]
+
+
+def run_dir(run):
+    return f"{OPD_DIR}/{run}"
+
+
 def model_arg(name):
     """A model of the registry as the stages take it: JSON with its local ``path``, or its
     ``hub_id`` and ``revision`` pin, its thinking mode and its name (for messages)."""
@@ -163,10 +180,10 @@ def benchmark_inputs():
     return [b["path"] for b in config["benchmarks"].values() if "path" in b]
 
 
-def opd_params(name):
-    """An experiment's resolved OPD settings: defaults, then its own overrides."""
+def opd_params(name, seed):
+    """An experiment's resolved OPD settings for one seed: defaults, then its own overrides."""
     exp = config["experiments"][name]
-    cfg = {**config["opd"], **exp["opd"], "steps": exp["steps"], "seed": exp["seed"],
+    cfg = {**config["opd"], **exp["opd"], "steps": exp["steps"], "seed": int(seed),
            "template": config["templates"][exp["template"]]}
     validation = cfg["validation"]
     cfg["validation"] = {**validation, "template": config["templates"][validation["template"]]}
@@ -174,7 +191,8 @@ def opd_params(name):
 
 
 def diagnose_params(name):
-    cfg = opd_params(name)
+    """The pre-flight diagnosis of a pair, with the first seed (it runs once per pair)."""
+    cfg = opd_params(name, seeds()[0])
     return {**config["diagnose"], "seed": cfg["seed"], "template": cfg["template"],
             "max_response_tokens": cfg["max_response_tokens"], "temperature": cfg["temperature"],
             "teacher_temperature": cfg["teacher_temperature"], "top_k": cfg["top_k"],
@@ -205,7 +223,7 @@ def all_targets():
     if "dapo" in config["datasets"]:
         targets.append(f"{RESULTS}/data/dapo_prompts.parquet")
     targets += [f"{RESULTS}/diagnose/{e}.json" for e in diagnosed_experiments()]
-    targets += [f"{RESULTS}/opd/{e}/summary.json" for e in experiments()]
+    targets += [f"{run_dir(r)}/summary.json" for r in runs()]
     targets += [f"{RESULTS}/rollouts/{r}/filter_stats.json" for r in config["rollouts"]]
     targets += [f"{RESULTS}/sft/{c}/summary.json" for c in config["cold_start"]]
     targets += [s for m in evaluated_models() for s in eval_summaries(m)]
@@ -278,22 +296,23 @@ def launcher(rule_name, accelerate_config=None):
 
 
 def evaluated_models():
-    """Registry models listed under evaluation.models, then every experiment's final student."""
-    return list(config["evaluation"]["models"]) + experiments()
+    """Registry models listed under evaluation.models, then every run's final student."""
+    return list(config["evaluation"]["models"]) + runs()
 
 
 def eval_model_arg(name):
+    """A registry model, or a run's final student (`<experiment>/seed<s>`)."""
     if name in config["models"]:
         return model_arg(name)
-    student = config["models"][config["experiments"][name]["student"]]
-    return json.dumps({"name": name, "path": f"{RESULTS}/opd/{name}/final",
+    student = config["models"][config["experiments"][os.path.dirname(name)]["student"]]
+    return json.dumps({"name": name, "path": f"{run_dir(name)}/final",
                        "thinking": student["thinking"]})
 
 
 def eval_model_input(name):
     if name in config["models"]:
         return model_input(name)
-    return [f"{RESULTS}/opd/{name}/final"]
+    return [f"{run_dir(name)}/final"]
 
 
 def eval_params():
@@ -312,15 +331,21 @@ def grouped_experiments():
 
 
 def group_metrics():
-    """Each grouped experiment's training log, by experiment (inputs of the report rules)."""
-    return {e: f"{OPD_DIR}/{e}/metrics.jsonl" for e in grouped_experiments()}
+    """Each grouped experiment's training logs, by experiment and seed (inputs of the report
+    rules)."""
+    return {e: {str(s): f"{run_dir(run_name(e, s))}/metrics.jsonl" for s in seeds()}
+            for e in grouped_experiments()}
+
+
+def group_metric_files():
+    return [path for per_seed in group_metrics().values() for path in per_seed.values()]
 
 
 def group_evals():
-    """Evaluation summaries of every grouped experiment and of the student it started from,
-    by model and benchmark (inputs of opd_tables)."""
-    models = grouped_experiments()
-    models += sorted({config["experiments"][e]["student"] for e in models})
+    """Evaluation summaries of every run of a grouped experiment and of the student it
+    started from, by model and benchmark (inputs of opd_tables)."""
+    models = runs(grouped_experiments())
+    models += sorted({config["experiments"][e]["student"] for e in grouped_experiments()})
     return {m: dict(zip(config["benchmarks"], eval_summaries(m))) for m in models}
 
 

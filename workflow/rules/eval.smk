@@ -1,5 +1,5 @@
 # Benchmark evaluation (both worlds): one job per model and benchmark; models are the registry
-# entries listed in `evaluation.models` and every experiment's final student.
+# entries listed in `evaluation.models` and every run's final student (`<experiment>/seed<s>`).
 
 
 rule evaluate:
@@ -11,7 +11,7 @@ rule evaluate:
         samples=f"{RESULTS}/eval/{{model}}/{{benchmark}}.parquet",
         summary=f"{RESULTS}/eval/{{model}}/{{benchmark}}.json",
     wildcard_constraints:
-        model="|".join(list(config["models"]) + experiments()) or "__none__",
+        model="|".join(list(config["models"]) + runs()) or "__none__",
         benchmark="|".join(config["benchmarks"]) or "__none__",
     params:
         model=lambda w: eval_model_arg(w.model),

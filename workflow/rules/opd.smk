@@ -1,5 +1,5 @@
-# On-policy distillation (both worlds): pre-flight pair diagnosis and training, one job per
-# experiment of the registry (config `experiments:`).
+# On-policy distillation (both worlds): pre-flight pair diagnosis, one job per pair, and
+# training, one job per experiment of the registry (config `experiments:`) and seed (`seeds:`).
 
 
 rule diagnose_pair:
@@ -38,23 +38,24 @@ rule opd_train:
         prompts=lambda w: prompt_set_input(experiment(w)["prompts"]),
         benchmarks=benchmark_inputs(),
     output:
-        final=directory(f"{OPD_DIR}/{{experiment}}/final"),
-        metrics=f"{OPD_DIR}/{{experiment}}/metrics.jsonl",
-        summary=f"{OPD_DIR}/{{experiment}}/summary.json",
+        final=directory(f"{OPD_DIR}/{{experiment}}/seed{{seed}}/final"),
+        metrics=f"{OPD_DIR}/{{experiment}}/seed{{seed}}/metrics.jsonl",
+        summary=f"{OPD_DIR}/{{experiment}}/seed{{seed}}/summary.json",
     wildcard_constraints:
         experiment="|".join(experiments()) or "__none__",
+        seed="|".join(str(s) for s in seeds()),
     params:
         student=lambda w: model_arg(experiment(w)["student"]),
         teacher=lambda w: model_arg(experiment(w)["teacher"]),
         prompts=lambda w: as_json(config["prompt_sets"][experiment(w)["prompts"]]),
-        cfg=lambda w: as_json(opd_params(w.experiment)),
+        cfg=lambda w: as_json(opd_params(w.experiment, w.seed)),
         benchmarks=as_json(config["benchmarks"]),
-        out=lambda w: f"{OPD_DIR}/{w.experiment}",
+        out=lambda w: run_dir(run_name(w.experiment, w.seed)),
         launch=launcher("opd_train"),
     log:
-        log_path("opd_train", "{experiment}"),
+        log_path("opd_train", "{experiment}/seed{seed}"),
     benchmark:
-        bench_path("opd_train", "{experiment}")
+        bench_path("opd_train", "{experiment}/seed{seed}")
     threads: res("opd_train", "threads")
     resources:
         **rule_resources("opd_train"),

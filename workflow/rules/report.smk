@@ -3,9 +3,9 @@
 
 
 rule opd_tables:
-    """One CSV + Markdown table per experiment group and the claims summary."""
+    """One CSV + Markdown table per experiment group and the claims judged over seeds."""
     input:
-        metrics=list(group_metrics().values()),
+        metrics=group_metric_files(),
         evals=[path for m in group_evals().values() for path in m.values()],
     output:
         tables=[report(f"{RESULTS}/tables/{g}.md", caption="../report/opd_group.rst",
@@ -13,6 +13,7 @@ rule opd_tables:
         + [f"{RESULTS}/tables/{g}.csv" for g in config["groups"]],
         summary=report(f"{RESULTS}/tables/README.md", caption="../report/claims.rst",
                        category="OPD experiments"),
+        claims=f"{RESULTS}/tables/claims.json",
     params:
         groups=as_json(config["groups"]),
         experiments=as_json(config["experiments"]),
@@ -37,7 +38,7 @@ rule opd_tables:
 rule opd_figures:
     """Training curves per group and per-position (long-horizon) curves."""
     input:
-        metrics=list(group_metrics().values()),
+        metrics=group_metric_files(),
     output:
         groups=[report(f"{RESULTS}/figures/{g}.png", caption="../report/opd_figure.rst",
                        category="OPD experiments", subcategory="figures") for g in config["groups"]],

@@ -1,4 +1,5 @@
-"""Group tables, claims and figures from fixture metrics (numbers worked out by hand)."""
+"""Group tables, claims over seeds and figures from fixture metrics (numbers worked out by
+hand)."""
 
 from __future__ import annotations
 
@@ -33,20 +34,27 @@ def _summary(problems, n, avg, pas):
     return {"problems": problems, "samples_per_problem": n, "avg_at_n": avg, "pass_at_n": pas}
 
 
+SEEDS = (0, 1, 2)
+
+
 @pytest.fixture()
 def results(tmp_path):
+    """Three seeds of two experiments; good's overlap is 0.01 x seed higher in every step."""
     root = tmp_path / "results"
-    runs = {"good": _metrics([0.6, 0.6, 0.7, 0.8, 0.9, 0.9], [0.95] * 6, 0.5),
-            "bad": _metrics([0.3, 0.2, 0.1, 0.1, 0.1, 0.1], [0.5] * 6, 0.1)}
-    for name, lines in runs.items():
-        (root / "opd" / name).mkdir(parents=True)
-        (root / "opd" / name / "metrics.jsonl").write_text(
-            "".join(json.dumps(ln) + "\n" for ln in lines))
-    evals = {"s": {"b1": _summary(10, 4, 0.25, 0.5), "b2": _summary(30, 4, 0.5, 0.8)},
-             "good": {"b1": _summary(10, 4, 0.5, 0.6), "b2": _summary(30, 4, 0.5, 0.9)},
-             "bad": {"b1": _summary(10, 4, 0.0, 0.0), "b2": _summary(30, 4, 0.1, 0.2)}}
-    paths = {"metrics": {name: str(root / "opd" / name / "metrics.jsonl") for name in runs},
-             "evals": {}}
+    paths = {"metrics": {}, "evals": {}}
+    for seed in SEEDS:
+        runs = {"good": _metrics([o + 0.01 * seed for o in (0.6, 0.6, 0.7, 0.8, 0.9, 0.9)],
+                                 [0.95] * 6, 0.5),
+                "bad": _metrics([0.3, 0.2, 0.1, 0.1, 0.1, 0.1], [0.5] * 6, 0.1)}
+        for name, lines in runs.items():
+            path = root / "opd" / name / f"seed{seed}" / "metrics.jsonl"
+            path.parent.mkdir(parents=True)
+            path.write_text("".join(json.dumps(ln) + "\n" for ln in lines))
+            paths["metrics"].setdefault(name, {})[str(seed)] = str(path)
+    evals = {"s": {"b1": _summary(10, 4, 0.25, 0.5), "b2": _summary(30, 4, 0.5, 0.8)}}
+    for seed in SEEDS:
+        evals[f"good/seed{seed}"] = {"b1": _summary(10, 4, 0.5, 0.6), "b2": _summary(30, 4, 0.5, 0.9)}
+        evals[f"bad/seed{seed}"] = {"b1": _summary(10, 4, 0.0, 0.0), "b2": _summary(30, 4, 0.1, 0.2)}
     for model, per in evals.items():
         (root / "eval" / model).mkdir(parents=True)
         for bench, s in per.items():
@@ -64,7 +72,9 @@ GROUPS = {"pattern": {"title": "Pattern", "description": "d", "experiments": ["g
     {"claim": "bad gains", "a": "bad", "b": None, "value": 0.0, "metric": "accuracy_delta",
      "op": ">"},
     {"claim": "good shared mass", "a": "good", "b": None, "value": 0.9,
-     "metric": "shared_mass_student_final", "op": ">="}]}}
+     "metric": "shared_mass_student_final", "op": ">="},
+    {"claim": "good ends at 0.9", "a": "good", "b": None, "value": 0.9,
+     "metric": "overlap_ratio_final", "op": "~", "tol": 0.005}]}}
 
 
 def test_pooled_accuracy_weights_by_samples():
@@ -73,12 +83,15 @@ def test_pooled_accuracy_weights_by_samples():
     assert pooled_accuracy(s, "pass_at_n") == pytest.approx((40 * 0.5 + 120 * 0.8) / 160)
 
 
-def test_claims_of_a_table():
-    rows = {"x": {"m": 0.5}, "y": {"m": 0.52}}
-    assert check_claim({"a": "x", "b": "y", "metric": "m", "op": "~", "tol": 0.05}, rows)["holds"]
-    assert not check_claim({"a": "x", "b": "y", "metric": "m", "op": ">"}, rows)["holds"]
-    assert check_claim({"a": "x", "b": None, "value": 0.5, "metric": "m", "op": ">="},
-                       rows)["holds"]
+def test_claims_pair_seeds_of_both_experiments():
+    rows = {"x": {"0": {"m": 0.5}, "1": {"m": 0.7}, "2": {"m": 0.9}},
+            "y": {"1": {"m": 0.5}, "2": {"m": 0.8}, "3": {"m": 0.0}}}
+    out = check_claim({"claim": "c", "a": "x", "b": "y", "metric": "m", "op": ">"}, rows)
+    # the seeds both ran: 1 and 2
+    assert out["values_a"] == [0.7, 0.9] and out["values_b"] == [0.5, 0.8]
+    fixed = check_claim({"claim": "c", "a": "y", "b": None, "value": 0.5, "metric": "m",
+                         "op": ">="}, rows)
+    assert fixed["values_b"] == [0.5, 0.5, 0.5]
 
 
 def test_tables_from_fixture_metrics(results, tmp_path):
@@ -86,26 +99,38 @@ def test_tables_from_fixture_metrics(results, tmp_path):
     tables_main(["--groups", json.dumps(GROUPS), "--experiments", json.dumps(EXPERIMENTS),
                  "--metrics", json.dumps(results["metrics"]), "--evals",
                  json.dumps(results["evals"]), "--out", str(out), "--window", "2"])
-    df = pd.read_csv(out / "pattern.csv").set_index("experiment")
-    assert df.loc["good", "overlap_ratio_initial"] == pytest.approx(0.6)
-    assert df.loc["good", "overlap_ratio_final"] == pytest.approx(0.9)
-    assert df.loc["good", "overlap_change"] == pytest.approx(0.3)
+    df = pd.read_csv(out / "pattern.csv").set_index(["experiment", "seed"])
+    assert len(df) == 6
+    assert df.loc[("good", 0), "overlap_ratio_initial"] == pytest.approx(0.6)
+    assert df.loc[("good", 2), "overlap_ratio_initial"] == pytest.approx(0.62)
+    assert df.loc[("good", 0), "overlap_ratio_final"] == pytest.approx(0.9)
+    assert df.loc[("good", 0), "overlap_change"] == pytest.approx(0.3)
     # every mechanism metric has its change, end minus start (reverse KL here is 1 - overlap)
-    assert df.loc["good", "reverse_kl_change"] == pytest.approx(-0.3)
-    assert df.loc["good", "entropy_gap_change"] == pytest.approx(0.0)
-    assert df.loc["bad", "overlap_ratio_initial"] == pytest.approx(0.25)
+    assert df.loc[("good", 1), "reverse_kl_change"] == pytest.approx(-0.3)
+    assert df.loc[("good", 0), "entropy_gap_change"] == pytest.approx(0.0)
+    assert df.loc[("bad", 0), "overlap_ratio_initial"] == pytest.approx(0.25)
     student = (40 * 0.25 + 120 * 0.5) / 160
-    assert df.loc["good", "accuracy_student"] == pytest.approx(student)
-    assert df.loc["good", "accuracy_final"] == pytest.approx(0.5)
-    assert df.loc["bad", "accuracy_delta"] == pytest.approx((40 * 0 + 120 * 0.1) / 160 - student)
-    assert df.loc["good", "b2_pass"] == pytest.approx(0.9)
-    assert df.loc["good", "variant"] == "full"
+    assert df.loc[("good", 0), "accuracy_student"] == pytest.approx(student)
+    assert df.loc[("good", 0), "accuracy_final"] == pytest.approx(0.5)
+    assert df.loc[("bad", 2), "accuracy_delta"] == pytest.approx((40 * 0 + 120 * 0.1) / 160 - student)
+    assert df.loc[("good", 0), "b2_pass"] == pytest.approx(0.9)
+    assert df.loc[("good", 0), "variant"] == "full"
     assert not any(c.startswith("stray") for c in df.columns)
     md = (out / "pattern.md").read_text()
     assert md.startswith("# Pattern") and "| good starts higher |" in md
+    # good's start overlap over seeds: 0.60, 0.61, 0.62 -> 0.610 ± t(0.975, 2) x 0.01 / sqrt(3)
+    assert "0.610 ± 0.025" in md
+    claims = json.loads((out / "claims.json").read_text())
+    assert claims["seeds"] == [0, 1, 2]
+    verdicts = [c["verdict"] for c in claims["claims"]]
+    # differences per seed: 0.35/0.36/0.37 > 0; bad's delta < 0 on every seed; 0.05 above 0.9
+    # on every seed; 0.00/0.01/0.02 from 0.9, whose interval (+-0.025) reaches past tol 0.005
+    assert verdicts == ["holds", "does not hold", "holds", "inconclusive"]
+    assert claims["claims"][0]["difference"]["mean"] == pytest.approx(0.36)
     summary = (out / "README.md").read_text()
     rows = [ln for ln in summary.splitlines() if ln.startswith("| [Pattern]")]
-    assert [r.rsplit("|", 2)[-2].strip() for r in rows] == ["yes", "**no**", "yes"]
+    assert [r.rsplit("|", 2)[-2].strip(" *") for r in rows] == verdicts
+    assert "Verdicts: 2 holds, 1 does not hold, 1 inconclusive." in summary
 
 
 def test_figures_are_written_and_reproducible(results, tmp_path):

@@ -1,17 +1,23 @@
 """Result tables of the OPD experiments: one CSV and one Markdown file per group, and a
-summary (``README.md``) that states each paper claim next to the measured numbers.
+summary (``README.md``, ``claims.json``) that judges each paper claim over seeds.
 
-Per experiment the row holds the pair, the variant, the mechanism metrics at the start and the
-end of training (each the mean over the first / last ``window`` steps, to smooth step noise),
-and avg@n / pass@n per benchmark of the final student with the change against the student it
-started from. Claims are data (config ``groups.<g>.claims``): a metric of experiment ``a``
-compared with experiment ``b`` or with a fixed ``value``. The stage reads only the files the
-rule declares: ``--metrics`` maps each experiment to its ``metrics.jsonl``, ``--evals`` each
-evaluated model (experiments and their students) to its summary per benchmark.
+Per run (an experiment trained with one seed) the row holds the pair, the variant, the
+mechanism metrics at the start and the end of training (each the mean over the first / last
+``window`` steps, to smooth step noise), and avg@n / pass@n per benchmark of the final student
+with the change against the student it started from; the positional metrics (reverse KL,
+overlap-token advantage) also at early (the first position bucket) and late (every later
+bucket) response positions at the end of training. The Markdown tables show each column's
+mean over seeds with its 95% interval; the CSV has one row per run. Claims are data (config
+``groups.<g>.claims``): a metric of experiment ``a`` compared with experiment ``b`` (paired by
+seed) or with a fixed ``value``, judged by ``opd.core.claims.judged``. The stage reads only the
+files the rule declares: ``--metrics`` maps each experiment and seed to its ``metrics.jsonl``,
+``--evals`` each evaluated model (runs ``<experiment>/seed<s>`` and their students) to its
+summary per benchmark.
 
     python -m opd.stages.report.opd_tables --groups '{...}' --experiments '{...}' \
-        --metrics '{"exp": "results/opd/exp/metrics.jsonl"}' \
-        --evals '{"exp": {"aime24": "results/eval/exp/aime24.json"}}' --out results/tables
+        --metrics '{"exp": {"0": "results/opd/exp/seed0/metrics.jsonl"}}' \
+        --evals '{"exp/seed0": {"aime24": "results/eval/exp/seed0/aime24.json"}}' \
+        --out results/tables
 """
 
 from __future__ import annotations
@@ -23,12 +29,14 @@ from typing import Any
 
 import pandas as pd
 
-from opd.core.claims import checked
+from opd.core.claims import FAILS, HOLDS, INCONCLUSIVE, interval, judged
 from opd.core.io import atomic_path, write_text
 from opd.core.logging import read_jsonl
 
 MECHANISM = ("overlap_ratio", "shared_mass_student", "entropy_gap", "overlap_advantage",
              "teacher_p_at_max_student", "reverse_kl")
+# metrics compared by response position (the long-horizon claims)
+POSITIONAL = ("reverse_kl", "overlap_advantage")
 
 
 def pooled_accuracy(summaries: dict[str, dict[str, Any]], key: str = "avg_at_n") -> float:
@@ -40,6 +48,22 @@ def pooled_accuracy(summaries: dict[str, dict[str, Any]], key: str = "avg_at_n")
 def window_mean(lines: list[dict[str, Any]], key: str) -> float:
     values = [ln[key] for ln in lines if ln.get(key) is not None]
     return sum(values) / len(values) if values else float("nan")
+
+
+def by_position(lines: list[dict[str, Any]], key: str) -> tuple[float, float]:
+    """A metric at early and late response positions over some steps: the first position
+    bucket, and the token-weighted mean of every later bucket (NaN where none has a value)."""
+    sums = {"early": [0.0, 0.0], "late": [0.0, 0.0]}
+    for ln in lines:
+        for b in ln.get("buckets", []):
+            value, tokens = b.get(key), b.get("tokens", 0)
+            if value is None or value != value or not tokens:
+                continue
+            acc = sums["early" if b["start"] == 0 else "late"]
+            acc[0] += value * tokens
+            acc[1] += tokens
+    early, late = (s[0] / s[1] if s[1] else float("nan") for s in sums.values())
+    return early, late
 
 
 def read_summaries(paths: dict[str, str]) -> dict[str, dict[str, Any]]:
@@ -61,6 +85,10 @@ def experiment_row(name: str, exp: dict[str, Any], metrics: Path,
         row[f"{key}_initial"] = window_mean(first, key)
         row[f"{key}_final"] = window_mean(last, key)
         row[f"{key.removesuffix('_ratio')}_change"] = row[f"{key}_final"] - row[f"{key}_initial"]
+    for key in POSITIONAL:
+        early, late = by_position(last, key)
+        row[f"{key}_early_final"], row[f"{key}_late_final"] = early, late
+        row[f"{key}_late_minus_early_final"] = late - early
     for b in final:
         row[f"{b}_avg"] = final[b]["avg_at_n"]
         row[f"{b}_pass"] = final[b]["pass_at_n"]
@@ -72,44 +100,102 @@ def experiment_row(name: str, exp: dict[str, Any], metrics: Path,
     return row
 
 
-def check_claim(claim: dict[str, Any], rows: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    a = rows[claim["a"]][claim["metric"]]
-    b = rows[claim["b"]][claim["metric"]] if claim.get("b") else claim["value"]
-    return checked(claim, a, b)
+def run_rows(names: list[str], experiments: dict[str, Any], metrics: dict[str, dict[str, str]],
+             evals: dict[str, dict[str, str]], window: int) -> dict[str, dict[str, dict[str, Any]]]:
+    """Every run's row, by experiment and seed."""
+    rows: dict[str, dict[str, dict[str, Any]]] = {}
+    for name in names:
+        for seed, path in sorted(metrics[name].items(), key=lambda kv: int(kv[0])):
+            run = f"{name}/seed{seed}"
+            row = experiment_row(run, experiments[name], Path(path), evals, window)
+            rows.setdefault(name, {})[seed] = {**row, "experiment": name, "seed": int(seed)}
+    return rows
+
+
+def claim_values(claim: dict[str, Any], rows: dict[str, dict[str, dict[str, Any]]]
+                 ) -> tuple[list[float], list[float]]:
+    """Both sides of a claim, seed by seed (the seeds both experiments ran; a fixed value
+    stands on the right of every seed)."""
+    a = rows[claim["a"]]
+    seeds = sorted(set(a) & set(rows[claim["b"]]) if claim.get("b") else a, key=int)
+    if not seeds:
+        raise SystemExit(f"claim {claim['claim']!r}: {claim['a']} and {claim['b']} share no seed")
+    left = [a[s][claim["metric"]] for s in seeds]
+    right = [rows[claim["b"]][s][claim["metric"]] if claim.get("b") else claim["value"]
+             for s in seeds]
+    return left, right
+
+
+def check_claim(claim: dict[str, Any], rows: dict[str, dict[str, dict[str, Any]]]) -> dict[str, Any]:
+    return judged(claim, *claim_values(claim, rows))
 
 
 def fmt(x: Any) -> str:
     return f"{x:.3f}" if isinstance(x, float) else str(x)
 
 
+def fmt_interval(values: list[float]) -> str:
+    """``mean ± half-width`` of the 95% interval (just the mean for one value)."""
+    if any(v != v for v in values):
+        return "nan"
+    iv = interval(values)
+    return fmt(iv.mean) if iv.n == 1 else f"{iv.mean:.3f} ± {(iv.high - iv.low) / 2:.3f}"
+
+
 def claim_cells(c: dict[str, Any]) -> str:
-    """The "measured | holds" cells of a checked claim."""
+    """The "measured | difference | verdict" cells of a judged claim."""
     rhs = c["b"] if c.get("b") else "threshold"
-    return (f"{c['metric']}: {c['a']} {fmt(c['measured_a'])} {c['op']} {rhs} "
-            f"{fmt(c['measured_b'])} | {'yes' if c['holds'] else '**no**'}")
+    d = c["difference"]
+    bounds = f"[{d['low']:+.3f}, {d['high']:+.3f}]" if d["n"] > 1 else "(one seed)"
+    mark = c["verdict"] if c["verdict"] == HOLDS else f"**{c['verdict']}**"
+    return (f"{c['metric']}: {c['a']} {fmt(c['mean_a'])} {c['op']} {rhs} {fmt(c['mean_b'])}"
+            + (f" (tol {c['tol']})" if c.get("tol") is not None else "")
+            + f" | {d['mean']:+.3f} {bounds} | {mark}")
 
 
-def group_markdown(title: str, description: str, df: pd.DataFrame,
+TABLE = [("overlap_ratio_initial", "overlap start"), ("overlap_ratio_final", "overlap end"),
+         ("shared_mass_student_final", "shared mass end"), ("entropy_gap_final", "entropy gap end"),
+         ("reverse_kl_final", "reverse KL end")]
+
+
+def group_markdown(title: str, description: str, rows: dict[str, dict[str, dict[str, Any]]],
                    checks: list[dict[str, Any]], benches: list[str]) -> str:
-    cols = ["experiment", "student", "teacher", "overlap_ratio_initial", "overlap_ratio_final",
-            "shared_mass_student_final", "entropy_gap_final", "reverse_kl_final"]
-    cols += [c for b in benches for c in (f"{b}_avg", f"{b}_pass")]
-    cols += ["accuracy_student", "accuracy_final", "accuracy_delta"]
-    head = ["experiment", "student", "teacher", "overlap start", "overlap end",
-            "shared mass end", "entropy gap end", "reverse KL end"]
-    head += [h for b in benches for h in (f"{b} avg@n", f"{b} pass@n")]
-    head += ["student avg@n", "final avg@n", "delta vs student"]
+    cols = list(TABLE) + [(f"{b}_{k}", f"{b} {k}@n") for b in benches for k in ("avg", "pass")]
+    cols += [("accuracy_student", "student avg@n"), ("accuracy_final", "final avg@n"),
+             ("accuracy_delta", "delta vs student")]
+    head = ["experiment", "student", "teacher", "seeds"] + [h for _, h in cols]
     out = [f"# {title}", "", description, "",
            "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for _, r in df.iterrows():
-        out.append("| " + " | ".join(fmt(r[c]) for c in cols) + " |")
-    out += ["", "Start / end: mean over the first / last steps of training. avg@n and pass@n: "
-            "the final student on each benchmark; student/final avg@n pool all benchmarks.", ""]
+    for name, per_seed in rows.items():
+        first = next(iter(per_seed.values()))
+        cells = [name, first["student"], first["teacher"], str(len(per_seed))]
+        cells += [fmt_interval([r[c] for r in per_seed.values()]) for c, _ in cols]
+        out.append("| " + " | ".join(cells) + " |")
+    out += ["", "Each cell: the mean over seeds ± the half-width of its 95% interval (Student t). "
+            "Start / end: mean over the first / last steps of training. avg@n and pass@n: the "
+            "final student on each benchmark; student/final avg@n pool all benchmarks. "
+            "One row per seed in the CSV file.", ""]
     if checks:
-        out += ["| claim | measured | holds |", "|---|---|---|"]
+        out += ["| claim | measured (means) | difference a - b, 95% interval | verdict |",
+                "|---|---|---|---|"]
         out += [f"| {c['claim']} | {claim_cells(c)} |" for c in checks]
         out.append("")
     return "\n".join(out)
+
+
+SUMMARY_HEAD = """# Paper claims, measured
+
+Each claim of the paper, judged over {n} seed(s) ({seeds}). A claim compares a metric of
+experiment a with experiment b (paired by seed) or with a fixed threshold. The verdict comes
+from the 95% interval (Student t) of the per-seed difference a - b: **holds** when the whole
+interval lies on the claimed side (for "~": within the tolerance), **does not hold** when it
+lies wholly on the other side (outside the tolerance), **inconclusive** otherwise. The table of
+each group holds its runs.
+
+Verdicts: {counts}.
+
+| group | claim | measured (means) | difference a - b, 95% interval | verdict |
+|---|---|---|---|---|"""
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -117,31 +203,37 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--groups", type=json.loads, required=True)
     ap.add_argument("--experiments", type=json.loads, required=True)
     ap.add_argument("--metrics", type=json.loads, required=True,
-                    help="JSON: experiment -> its metrics.jsonl")
+                    help="JSON: experiment -> {seed: its metrics.jsonl}")
     ap.add_argument("--evals", type=json.loads, required=True,
                     help="JSON: model -> {benchmark: evaluation summary}")
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--window", type=int, default=5)
     args = ap.parse_args(argv)
     names = sorted({e for g in args.groups.values() for e in g["experiments"]})
-    rows = {n: experiment_row(n, args.experiments[n], Path(args.metrics[n]), args.evals,
-                              args.window) for n in names}
-    summary = ["# Paper claims, measured", "",
-               "Each claim of the paper next to the measured numbers of this run. The tables of "
-               "each group hold the full rows.", "",
-               "| group | claim | measured | holds |", "|---|---|---|---|"]
+    rows = run_rows(names, args.experiments, args.metrics, args.evals, args.window)
+    all_checks, lines = [], []
     for gname, group in args.groups.items():
-        df = pd.DataFrame([rows[e] for e in group["experiments"]])
+        group_rows = {e: rows[e] for e in group["experiments"]}
+        df = pd.DataFrame([r for e in group_rows.values() for r in e.values()])
+        df.insert(1, "seed", df.pop("seed"))
         benches = sorted({c[:-4] for c in df.columns if c.endswith("_avg")})
         checks = [check_claim(c, rows) for c in group["claims"]]
         with atomic_path(args.out / f"{gname}.csv") as tmp:
             df.to_csv(tmp, index=False, float_format="%.6g")
         write_text(args.out / f"{gname}.md",
-                   group_markdown(group["title"], group["description"], df, checks, benches))
-        summary += [f"| [{group['title']}]({gname}.md) | {c['claim']} | {claim_cells(c)} |"
-                    for c in checks]
-    summary.append("")
-    write_text(args.out / "README.md", "\n".join(summary))
+                   group_markdown(group["title"], group["description"], group_rows, checks,
+                                  benches))
+        lines += [f"| [{group['title']}]({gname}.md) | {c['claim']} | {claim_cells(c)} |"
+                  for c in checks]
+        all_checks += [{"group": gname, **c} for c in checks]
+    seeds = sorted({s for per in rows.values() for s in per}, key=int)
+    counts = ", ".join(f"{sum(c['verdict'] == v for c in all_checks)} {v}"
+                       for v in (HOLDS, FAILS, INCONCLUSIVE))
+    head = SUMMARY_HEAD.format(n=len(seeds), seeds=", ".join(seeds), counts=counts)
+    write_text(args.out / "README.md", "\n".join([head, *lines, ""]))
+    write_text(args.out / "claims.json", json.dumps(
+        {"seeds": [int(s) for s in seeds], "claims": all_checks}, indent=1, allow_nan=True) + "\n")
+    print(f"{len(all_checks)} claims over {len(seeds)} seed(s): {counts}")
 
 
 if __name__ == "__main__":
