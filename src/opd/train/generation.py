@@ -1,8 +1,16 @@
-"""Batched sampling with ``transformers`` (CPU or one GPU).
+"""Batched sampling with ``transformers`` models (CPU or one GPU).
 
 ``sample_batch`` returns the token ids exactly as sampled (left-padded prompt, response, pad
 after the end of sequence), which training uses directly; ``generate`` wraps it for
 evaluation and returns decoded completions with finish reasons and token counts.
+
+``decode`` is the sampling loop: one prefill, then one token per step through the model's
+key/value cache, and a sequence that has ended leaves the batch (its rows are dropped from the
+cache), so late steps only run the sequences still going. Greedy decoding picks the same
+tokens as ``model.generate``; sampling draws from the same distribution (temperature, then
+nucleus ``top_p``) by inverse transform, one uniform number per sequence and step. A model
+sharded over processes (``synced``) uses ``model.generate(synced_gpus=True)`` instead, whose
+processes keep stepping together until every one has finished.
 """
 
 from __future__ import annotations
@@ -12,6 +20,7 @@ from typing import Any
 
 import torch
 from tqdm import tqdm
+from transformers import DynamicCache
 
 
 @dataclass(frozen=True)
@@ -52,22 +61,79 @@ def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
 
 
+def pick(logits: torch.Tensor, temperature: float, top_p: float) -> torch.Tensor:
+    """The next token of each row of ``logits`` [N, V]: the argmax at temperature 0, else a
+    draw from softmax(logits / temperature) restricted to the smallest set of most probable
+    tokens whose mass reaches ``top_p`` (the most probable token always stays)."""
+    if temperature == 0:
+        return logits.argmax(-1)
+    probs = torch.softmax(logits.float() / temperature, dim=-1)
+    if top_p < 1.0:
+        sorted_p, order = probs.sort(-1, descending=True)
+        # a token goes when the tokens more probable than it already reach top_p
+        sorted_p = sorted_p.masked_fill(sorted_p.cumsum(-1) - sorted_p >= top_p, 0.0)
+        probs = torch.zeros_like(probs).scatter_(-1, order, sorted_p)
+    cdf = probs.cumsum(-1)
+    u = torch.rand(cdf.shape[0], 1, dtype=cdf.dtype, device=cdf.device) * cdf[:, -1:]
+    return torch.searchsorted(cdf, u, right=True).squeeze(1).clamp_max(cdf.shape[1] - 1)
+
+
+@torch.no_grad()
+def decode(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+           sampling: Sampling, eos: int, pad: int) -> torch.Tensor:
+    """Response token ids [N, L] for left-padded prompts: up to ``max_new_tokens`` per row,
+    the end-of-sequence token included, ``pad`` after it; L is the longest response."""
+    n = input_ids.shape[0]
+    tokens = torch.full((n, sampling.max_new_tokens), pad, dtype=torch.long,
+                        device=input_ids.device)
+    if sampling.max_new_tokens == 0 or n == 0:
+        return tokens[:, :0]
+    positions = position_ids(attention_mask)
+    cache = DynamicCache(config=model.config)
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions,
+                   past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
+    rows = torch.arange(n, device=input_ids.device)   # the batch rows still going
+    mask, position = attention_mask, positions[:, -1] + 1
+    used = 0
+    for t in range(sampling.max_new_tokens):
+        nxt = pick(logits, sampling.temperature, sampling.top_p)
+        tokens[rows, t] = nxt
+        used = t + 1
+        going = nxt != eos
+        if t + 1 == sampling.max_new_tokens or not bool(going.any()):
+            break
+        if not bool(going.all()):
+            keep = going.nonzero().squeeze(1)
+            rows, mask, position, nxt = rows[keep], mask[keep], position[keep], nxt[keep]
+            cache.batch_select_indices(keep)
+        mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
+        logits = model(input_ids=nxt[:, None], attention_mask=mask,
+                       position_ids=position[:, None], past_key_values=cache,
+                       use_cache=True).logits[:, -1]
+        position = position + 1
+    return tokens[:, :used]
+
+
 @torch.no_grad()
 def sample_batch(model: Any, tokenizer: Any, prompts: list[str], sampling: Sampling,
                  synced: bool = False) -> RolloutBatch:
-    """One ``generate`` call over already chat-formatted prompts (no repetition: n is 1 here).
-    ``synced``: the model is sharded over processes, which all keep stepping until every one
-    has finished (``opd.train.parallel``)."""
+    """One batch of already chat-formatted prompts sampled by ``decode`` (no repetition: n is
+    1 here). ``synced``: the model is sharded over processes, which all keep stepping until
+    every one has finished (``opd.train.parallel``), through ``model.generate``."""
     tokenizer.padding_side = "left"
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
     enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
     enc = {k: v.to(model.device) for k, v in enc.items()}
-    greedy = sampling.temperature == 0
-    gen = model.generate(
-        **enc, max_new_tokens=sampling.max_new_tokens, do_sample=not greedy,
-        temperature=None if greedy else sampling.temperature,
-        top_p=None if greedy else sampling.top_p, top_k=None if greedy else 0,
-        eos_token_id=eos, pad_token_id=pad, synced_gpus=synced)
+    if synced:
+        greedy = sampling.temperature == 0
+        gen = model.generate(
+            **enc, max_new_tokens=sampling.max_new_tokens, do_sample=not greedy,
+            temperature=None if greedy else sampling.temperature,
+            top_p=None if greedy else sampling.top_p, top_k=None if greedy else 0,
+            eos_token_id=eos, pad_token_id=pad, synced_gpus=True)
+    else:
+        gen = torch.cat([enc["input_ids"], decode(model, enc["input_ids"],
+                                                  enc["attention_mask"], sampling, eos, pad)], 1)
     width = enc["input_ids"].shape[1]
     resp = gen[:, width:]
     is_eos = resp == eos
