@@ -175,7 +175,8 @@ def test_a_string_that_is_no_number_is_refused_with_a_hint(tiny, key, value):
 
 def test_readme_override_examples_pass_the_dry_run(tmp_path):
     work = copy_workflow(tmp_path)
-    for override in (["seeds=[0]"], ["seed=1"], ["opd={lr: 0.001}"], ["opd={lr: 3e-4, top_k: 8}"]):
+    for override in (["seeds=[0]"], ["seed=1"], ["opd={lr: 0.001}"],
+                     ["opd={lr: 3e-4, top_k: 8}"]):
         proc = run_snakemake(["-n", "--quiet", "--config", *override], work)
         assert proc.returncode == 0, (override, proc.stderr[-2000:])
 
