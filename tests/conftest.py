@@ -27,6 +27,7 @@ SMALL_WORLD = {
     "deepmath_exact_dups": 8,
     "deepmath_paraphrase_dups": 6,
     "probe_per_level": 4,
+    "triple_share": 0.5,
     "benchmarks": {"aime24": 6, "aime25": 6, "amc23": 8},
 }
 

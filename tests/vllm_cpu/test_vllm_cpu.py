@@ -55,10 +55,9 @@ def test_asking_for_vllm_where_it_is_absent_stops_the_stage_with_a_clear_error(t
     pq.write_table(pa.Table.from_pylist([{"problem": "1+1?", "answer": "2"}]), bench)
     proc = subprocess.run(
         [sys.executable, "-m", "opd.stages.eval.evaluate", "--model", str(tmp_path / "none"),
-         "--benchmark", json.dumps({"path": str(bench), "problem_field": "problem",
-                                    "answer_field": "answer"}),
-         "--out", str(tmp_path / "o.parquet"),
-         "--summary", str(tmp_path / "o.json"), "--params", json.dumps(params)],
+         "--benchmarks", json.dumps({"o": {"path": str(bench), "problem_field": "problem",
+                                           "answer_field": "answer"}}),
+         "--out-dir", str(tmp_path), "--params", json.dumps(params)],
         capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0
     assert "engine 'vllm' was requested but vLLM is not installed" in proc.stderr
@@ -108,8 +107,8 @@ def _evaluate(python: str, engine: str, model, bench: dict, out, n: int, tempera
               "temperature": temperature, "top_p": 1.0 if temperature == 0 else 0.95,
               "max_new_tokens": 96, "template": TEMPLATE, "seed": 0, "patterns": False}
     args = ["-m", "opd.stages.eval.evaluate", "--model", str(model),
-            "--benchmark", json.dumps(bench), "--out", str(out),
-            "--summary", str(out.with_suffix(".json")), "--params", json.dumps(params)]
+            "--benchmarks", json.dumps({out.stem: bench}), "--out-dir", str(out.parent),
+            "--params", json.dumps(params)]
     proc = run_in(python, args)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return pd.read_parquet(out)

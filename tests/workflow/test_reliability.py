@@ -94,9 +94,9 @@ def test_seeded_stages_write_identical_bytes(small_world, small_tokenizer, tmp_p
     bench = {"path": str(small_world / "aime24.parquet"), "problem_field": "problem",
              "answer_field": "answer"}
     for name in ("a", "b"):
-        evaluate(["--model", str(tmp_path / "a"), "--benchmark", json.dumps(bench), "--out",
-                  str(tmp_path / f"{name}.parquet"), "--summary", str(tmp_path / f"{name}.json"),
-                  "--params", json.dumps(params)])
-    assert (tmp_path / "a.parquet").read_bytes() == (tmp_path / "b.parquet").read_bytes()
-    assert (tmp_path / "a.json").read_text() == (tmp_path / "b.json").read_text()
+        evaluate(["--model", str(tmp_path / "a"), "--benchmarks", json.dumps({"aime24": bench}),
+                  "--out-dir", str(tmp_path / f"eval_{name}"), "--params", json.dumps(params)])
+    for suffix in (".parquet", ".json"):
+        assert ((tmp_path / f"eval_a/aime24{suffix}").read_bytes()
+                == (tmp_path / f"eval_b/aime24{suffix}").read_bytes())
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from functools import lru_cache
 
 from math_verify import parse, verify
 from math_verify.parser import ExprExtractionConfig, LatexExtractionConfig
@@ -37,6 +38,13 @@ def is_correct(response: str, gold: str, timeout_seconds: int = 5) -> bool:
     boxed = last_boxed(response)
     if boxed is None or not boxed.strip():
         return False
+    return _equal(boxed, gold, timeout_seconds)
+
+
+@lru_cache(maxsize=65536)
+def _equal(boxed: str, gold: str, timeout_seconds: int) -> bool:
+    """math-verify's verdict on two answer strings; it depends on the strings alone, and a
+    batch of rollouts repeats the same few answers many times."""
     try:
         pred = parse("$" + boxed + "$",
                      extraction_config=[LatexExtractionConfig(), ExprExtractionConfig()],

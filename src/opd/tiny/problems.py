@@ -89,6 +89,11 @@ class Problem:
     def ops_text(self) -> str:
         return ", ".join(f"{op}{b}" for op, b in self.ops)
 
+    @property
+    def triples(self) -> bool:
+        """Whether a step multiplies by 3 (the capability only the strong teacher learns)."""
+        return ("*", 3) in self.ops
+
 
 def _apply(a: int, op: str, b: int) -> int:
     if op == "+":

@@ -125,3 +125,35 @@ def test_deterministic_bytes(small_world, tmp_path):
 def test_seed_changes_the_world(small_world, tmp_path):
     build(tmp_path, {**SMALL_WORLD, "seed": SMALL_WORLD["seed"] + 1})
     assert (tmp_path / "dapo.parquet").read_bytes() != (small_world / "dapo.parquet").read_bytes()
+
+
+def _steps(question: str) -> list[str]:
+    return re.findall(r"[+\-*]\d+", question)
+
+
+def _benchmark_questions(world) -> dict[str, list[str]]:
+    fields = {"aime24": "problem", "aime25": "problem", "amc23": "question"}
+    return {name: [row[f] for row in pq.read_table(world / f"{name}.parquet").to_pylist()]
+            for name, f in fields.items()}
+
+
+def test_benchmarks_span_the_trained_levels(small_world):
+    spans = {name: {len(_steps(q)) for q in qs}
+             for name, qs in _benchmark_questions(small_world).items()}
+    assert spans == {"aime24": {2, 3}, "aime25": {2, 3}, "amc23": {1, 2, 3}}
+
+
+@pytest.mark.parametrize("share", [0.0, 0.5, 1.0])
+def test_triple_share_of_multi_step_problems(tmp_path, share):
+    build(tmp_path, {**SMALL_WORLD, "triple_share": share,
+                     "benchmarks": {"aime24": 120, "aime25": 120, "amc23": 120}})
+    questions = [q for qs in _benchmark_questions(tmp_path).values() for q in qs]
+    questions += [row["question"] for row in pq.read_table(tmp_path / "deepmath.parquet").to_pylist()]
+    multi = [q for q in questions if len(_steps(q)) >= 2]
+    with_triple = sum("*3" in _steps(q) for q in multi) / len(multi)
+    # drawn among the *3 problems with probability `share`, by chance otherwise (about 1 in 8)
+    chance = 0.125
+    expected = share + (1 - share) * chance
+    assert abs(with_triple - expected) < 0.08, (with_triple, expected)
+    if share == 1.0:
+        assert with_triple == 1.0

@@ -1,14 +1,18 @@
-"""Evaluate one model on one benchmark: N samples per problem, graded on the last \\boxed{}.
+"""Evaluate one model on its benchmarks: N samples per problem, graded on the last \\boxed{}.
 
-Writes every sample (parquet: problem index, sample index, response, finish reason, token
+The model is loaded once and samples every benchmark's prompts in one pass. For each
+benchmark it writes every sample (parquet: problem index, sample index, response, finish reason, token
 counts, extracted answer, correctness) and a summary JSON: avg@N (mean accuracy over all
 samples), pass@N (a problem counts when any of its N samples is right), problems solved by
 none / by all samples, mean response length, format-error rate (no final boxed answer) and
 truncation rate. ``patterns`` adds the share of responses in each tiny-world thinking pattern.
 
-    python -m opd.stages.eval.evaluate --model M --benchmark '{"path": ..., "problem_field": ...}' \
-        --out results/eval/NAME/BENCH.parquet --summary results/eval/NAME/BENCH.json \
+    python -m opd.stages.eval.evaluate --model M \
+        --benchmarks '{"aime24": {"path": ..., "problem_field": ...}, ...}' \
+        --out-dir results/eval/NAME \
         --params '{"n": 16, "temperature": 0.7, "top_p": 0.95, "max_new_tokens": ..., ...}'
+
+writes ``results/eval/NAME/<benchmark>.parquet`` (the samples) and ``.json`` (the summary).
 """
 
 from __future__ import annotations
@@ -77,23 +81,9 @@ class EvalParams(EngineParams):
     patterns: bool
 
 
-def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", type=ModelRef.parse, required=True,
-                    help="model directory or hub id (or the workflow's JSON spec)")
-    ap.add_argument("--benchmark", type=json.loads, required=True, help="benchmark spec (JSON)")
-    ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--summary", type=Path, required=True)
-    args = parse_stage_args(ap, argv, threads=1)
-    cfg = typed(EvalParams, args.params, "evaluation")
-    bench = load_benchmark(args.benchmark)
-    engine, tok = make_engine(cfg.engine, args.model, batch_size=cfg.batch_size,
-                              tensor_parallel_size=cfg.tensor_parallel_size, seed=cfg.seed)
-    sampling = Sampling(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
-                        top_p=cfg.top_p, n=cfg.n, seed=cfg.seed)
-    prompts = [chat_prompt(tok, apply_template(cfg.template, p), args.model.thinking)
-               for p in bench["problem"]]
-    completions = engine.generate(prompts, sampling)
+def write_benchmark(bench: Any, completions: list[list[Completion]], cfg: EvalParams,
+                    out_dir: Path, name: str, header: dict[str, str]) -> dict[str, Any]:
+    """Grade one benchmark's completions; write its samples and summary; return the summary."""
     correct = [[is_correct(c.text, gold) for c in cs]
                for cs, gold in zip(completions, bench["answer"])]
     patterns = None
@@ -105,11 +95,39 @@ def main(argv: list[str] | None = None) -> None:
              "extracted": last_boxed(c.text), "gold": str(bench["answer"][i]), "correct": ok}
             for i, (cs, oks) in enumerate(zip(completions, correct))
             for j, (c, ok) in enumerate(zip(cs, oks))]
-    write_parquet(args.out, pa.Table.from_pylist(rows))
-    summary = {"model": str(args.model), "engine": engine.name, **summarise(correct, completions,
-                                                                         patterns)}
-    write_json(args.summary, summary)
-    print(json.dumps(summary))
+    write_parquet(out_dir / f"{name}.parquet", pa.Table.from_pylist(rows))
+    summary = {**header, "benchmark": name, **summarise(correct, completions, patterns)}
+    write_json(out_dir / f"{name}.json", summary)
+    return summary
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", type=ModelRef.parse, required=True,
+                    help="model directory or hub id (or the workflow's JSON spec)")
+    ap.add_argument("--benchmarks", type=json.loads, required=True,
+                    help="benchmark specs by name (JSON)")
+    ap.add_argument("--out-dir", type=Path, required=True,
+                    help="directory for <benchmark>.parquet and <benchmark>.json")
+    args = parse_stage_args(ap, argv, threads=1)
+    cfg = typed(EvalParams, args.params, "evaluation")
+    if not args.benchmarks:
+        raise SystemExit("--benchmarks: no benchmark given")
+    benches = {name: load_benchmark(spec) for name, spec in args.benchmarks.items()}
+    engine, tok = make_engine(cfg.engine, args.model, batch_size=cfg.batch_size,
+                              tensor_parallel_size=cfg.tensor_parallel_size, seed=cfg.seed)
+    sampling = Sampling(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
+                        top_p=cfg.top_p, n=cfg.n, seed=cfg.seed)
+    prompts = [chat_prompt(tok, apply_template(cfg.template, p), args.model.thinking)
+               for bench in benches.values() for p in bench["problem"]]
+    completions = engine.generate(prompts, sampling)   # every benchmark in one pass
+    header = {"model": str(args.model), "engine": engine.name}
+    start = 0
+    for name, bench in benches.items():
+        mine = completions[start:start + len(bench)]
+        start += len(bench)
+        summary = write_benchmark(bench, mine, cfg, args.out_dir, name, header)
+        print(json.dumps(summary))
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ Outputs (all under ``--out``):
     dapo.parquet           DAPO-Math-17k layout, with DAPO's real instruction wrapper
     deepmath.parquet       DeepMath-103K layout, with planted exact and paraphrased DAPO duplicates
     deepmath_planted.parquet  ground truth for the planted rows (never inside the data itself)
-    aime24/aime25/amc23.parquet  benchmark layouts (hard / hard / mixed difficulty)
+    aime24/aime25/amc23.parquet  benchmark layouts (2-3 steps / 2-3 steps / 1-3 steps)
     probe.parquet          held-out problems, 5 difficulty levels, for model cards
     heldout.json           problem keys that model training must never see
     manifest.json          row counts and the seed
@@ -60,21 +60,26 @@ class World:
     """Seeded problem factory.
 
     Problems of held-out sets (benchmarks, probe) are *reserved*: no other set, and no model
-    training data, ever uses their (start, ops) key. Every problem text is unique.
+    training data, ever uses their (start, ops) key. Every problem text is unique. A share
+    ``triple_share`` of the problems with two or more steps is drawn among those with a *3
+    step, in every set: left to chance, about one in eight would have one, too few for the
+    strong teacher's new capability to show in benchmark scores.
     """
 
-    def __init__(self, seed: int):
+    def __init__(self, seed: int, triple_share: float = 0.0):
         self.rng = random.Random(seed)
+        self.triple_share = triple_share
         self.reserved: set[tuple] = set()
         self.texts: set[str] = set()
 
     def item(self, difficulty: int, pool: str, reserve: bool = False
              ) -> tuple[Problem, tuple[str, str, str], int, str]:
         """A fresh (problem, scenario, frame, text) with a text never handed out before."""
+        triple = difficulty >= 2 and self.rng.random() < self.triple_share
         for _ in range(10_000):
             p = sample_problem(self.rng, difficulty)
             key = (p.start, p.ops)
-            if key in self.reserved:
+            if key in self.reserved or (triple and not p.triples):
                 continue
             scenario = self.rng.choice(SCENARIOS[pool])
             frame = self.rng.choice(FRAME_POOLS[pool])
@@ -167,7 +172,8 @@ def build_deepmath(w: World, n_native: int, n_exact: int, n_para: int,
 
 
 def build_benchmarks(w: World, sizes: dict[str, int]) -> dict[str, pa.Table]:
-    spans = {"aime24": (3, 5), "aime25": (3, 5), "amc23": (1, 4)}
+    # the levels the tiny models are trained on; longer chains no tiny model solves
+    spans = {"aime24": (2, 3), "aime25": (2, 3), "amc23": (1, 3)}
     tables = {}
     for name, (lo, hi) in spans.items():
         rows = []
@@ -210,12 +216,13 @@ class WorldParams:
     deepmath_exact_dups: int
     deepmath_paraphrase_dups: int
     probe_per_level: int
+    triple_share: float
     benchmarks: dict[str, int]
 
 
 def build(out: Path, params: dict[str, Any]) -> dict[str, int]:
     cfg = typed(WorldParams, params, "tiny_world")
-    w = World(cfg.seed)
+    w = World(cfg.seed, cfg.triple_share)
     # Held-out sets first, so their problems are never reused by the training-like sets.
     benches = build_benchmarks(w, cfg.benchmarks)
     probe = build_probe(w, cfg.probe_per_level)
