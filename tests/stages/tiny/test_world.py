@@ -148,7 +148,8 @@ def test_triple_share_of_multi_step_problems(tmp_path, share):
     build(tmp_path, {**SMALL_WORLD, "triple_share": share,
                      "benchmarks": {"aime24": 120, "aime25": 120, "amc23": 120}})
     questions = [q for qs in _benchmark_questions(tmp_path).values() for q in qs]
-    questions += [row["question"] for row in pq.read_table(tmp_path / "deepmath.parquet").to_pylist()]
+    deepmath = pq.read_table(tmp_path / "deepmath.parquet").to_pylist()
+    questions += [row["question"] for row in deepmath]
     multi = [q for q in questions if len(_steps(q)) >= 2]
     with_triple = sum("*3" in _steps(q) for q in multi) / len(multi)
     # drawn among the *3 problems with probability `share`, by chance otherwise (about 1 in 8)

@@ -1,11 +1,12 @@
 """Evaluate one model on its benchmarks: N samples per problem, graded on the last \\boxed{}.
 
 The model is loaded once and samples every benchmark's prompts in one pass. For each
-benchmark it writes every sample (parquet: problem index, sample index, response, finish reason, token
-counts, extracted answer, correctness) and a summary JSON: avg@N (mean accuracy over all
-samples), pass@N (a problem counts when any of its N samples is right), problems solved by
-none / by all samples, mean response length, format-error rate (no final boxed answer) and
-truncation rate. ``patterns`` adds the share of responses in each tiny-world thinking pattern.
+benchmark it writes every sample (parquet: problem index, sample index, response, finish
+reason, token counts, extracted answer, correctness) and a summary JSON: avg@N (mean accuracy
+over all samples), pass@N (a problem counts when any of its N samples is right), problems
+solved by none / by all samples, mean response length, format-error rate (no final boxed
+answer) and truncation rate. ``patterns`` adds the share of responses in each tiny-world
+thinking pattern.
 
     python -m opd.stages.eval.evaluate --model M \
         --benchmarks '{"aime24": {"path": ..., "problem_field": ...}, ...}' \
@@ -24,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import pyarrow as pa
 
 from opd.core.cli import parse_stage_args
@@ -81,7 +83,7 @@ class EvalParams(EngineParams):
     patterns: bool
 
 
-def write_benchmark(bench: Any, completions: list[list[Completion]], cfg: EvalParams,
+def write_benchmark(bench: pd.DataFrame, completions: list[list[Completion]], cfg: EvalParams,
                     out_dir: Path, name: str, header: dict[str, str]) -> dict[str, Any]:
     """Grade one benchmark's completions; write its samples and summary; return the summary."""
     correct = [[is_correct(c.text, gold) for c in cs]

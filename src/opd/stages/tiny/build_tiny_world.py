@@ -66,7 +66,7 @@ class World:
     strong teacher's new capability to show in benchmark scores.
     """
 
-    def __init__(self, seed: int, triple_share: float = 0.0):
+    def __init__(self, seed: int, triple_share: float):
         self.rng = random.Random(seed)
         self.triple_share = triple_share
         self.reserved: set[tuple] = set()
