@@ -77,9 +77,14 @@ def test_dapo_carries_real_instruction_wrapper(small_world):
         assert row["reward_model"]["style"] == "rule-lang"
 
 
+def _steps(question: str) -> list[tuple[str, str]]:
+    """The (operation, operand) steps written in a problem's text, e.g. ("*", "3")."""
+    return re.findall(r"([+\-*])(\d+)", question)
+
+
 def _evaluate(question: str) -> int:
     """Independent solver: the start number, then the ops list (+a, -b, *c) in order."""
-    ops = re.findall(r"([+\-*])(\d+)", question)
+    ops = _steps(question)
     start = int(re.search(r"\d+", question).group())
     value = start
     for op, b in ops:
@@ -127,10 +132,6 @@ def test_seed_changes_the_world(small_world, tmp_path):
     assert (tmp_path / "dapo.parquet").read_bytes() != (small_world / "dapo.parquet").read_bytes()
 
 
-def _steps(question: str) -> list[str]:
-    return re.findall(r"[+\-*]\d+", question)
-
-
 def _benchmark_questions(world) -> dict[str, list[str]]:
     fields = {"aime24": "problem", "aime25": "problem", "amc23": "question"}
     return {name: [row[f] for row in pq.read_table(world / f"{name}.parquet").to_pylist()]
@@ -151,7 +152,7 @@ def test_triple_share_of_multi_step_problems(tmp_path, share):
     deepmath = pq.read_table(tmp_path / "deepmath.parquet").to_pylist()
     questions += [row["question"] for row in deepmath]
     multi = [q for q in questions if len(_steps(q)) >= 2]
-    with_triple = sum("*3" in _steps(q) for q in multi) / len(multi)
+    with_triple = sum(("*", "3") in _steps(q) for q in multi) / len(multi)
     # drawn among the *3 problems with probability `share`, by chance otherwise (about 1 in 8)
     chance = 0.125
     expected = share + (1 - share) * chance
