@@ -9,7 +9,8 @@ gradient clipping and one AdamW update.
 
 - Ours: ``opd.train.generation.sample_batch`` (the sampling loop ``opd_train`` uses), then
   ``opd_train.update`` with the full-vocabulary reverse KL, which also computes every mechanism
-  metric of the training log.
+  metric of the training log. Both run each prompt once for its 4 responses (prefill, and the
+  teacher's and student's forward and backward passes).
 - TRL: ``DistillationTrainer`` (in trl 1.16 it always generates on-policy) with ``beta=1`` (reverse
   KL): ``_generate_and_score_completions`` (its ``transformers`` generation), then
   ``compute_loss``, backward, clipping and its optimizer step.

@@ -16,7 +16,7 @@ pytestmark = pytest.mark.slow
 
 def test_every_model_has_a_card_and_the_table_exists(finished_run):
     cfg_models = ["base", "student", "teacher_strong", "teacher_nonew", "teacher_mismatch",
-                  "teacher_large"]
+                  "teacher_large", "teacher_template"]
     for m in cfg_models:
         card = json.loads((finished_run / f"results/models/tiny/{m}.card.json").read_text())
         assert set(card["benchmarks"]) == {"aime24", "aime25", "amc23"}
@@ -58,7 +58,7 @@ def test_diagnosis_tells_compatible_from_mismatched_teacher(finished_run):
 
 def test_group_tables_figures_and_claims(finished_run):
     groups = ("thinking_pattern", "new_capability", "weak_to_strong", "objectives", "rescue",
-              "prompts")
+              "prompts", "template")
     for g in groups:
         df = pd.read_csv(finished_run / f"results/tables/{g}.csv")
         assert len(df) >= 2 and df["accuracy_final"].between(0, 1).all()

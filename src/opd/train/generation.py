@@ -4,13 +4,14 @@
 after the end of sequence), which training uses directly; ``generate`` wraps it for
 evaluation and returns decoded completions with finish reasons and token counts.
 
-``decode`` is the sampling loop: one prefill, then one token per step through the model's
-key/value cache, and a sequence that has ended leaves the batch (its rows are dropped from the
-cache), so late steps only run the sequences still going. Greedy decoding picks the same
-tokens as ``model.generate``; sampling draws from the same distribution (temperature, then
-nucleus ``top_p``) by inverse transform, one uniform number per sequence and step. A model
-sharded over processes (``synced``) uses ``model.generate(synced_gpus=True)`` instead, whose
-processes keep stepping together until every one has finished.
+``decode`` is the sampling loop: one prefill (each distinct prompt once), then one token per
+step through the model's key/value cache, and a sequence that has ended leaves the batch (its
+rows are dropped from the cache), so late steps only run the sequences still going. Greedy
+decoding picks the same tokens as ``model.generate``; sampling draws from the same
+distribution (temperature, then nucleus ``top_p``) by inverse transform, one uniform number per
+sequence and step. A model sharded over processes (``synced``) uses
+``model.generate(synced_gpus=True)`` instead, whose processes keep stepping together until
+every one has finished.
 """
 
 from __future__ import annotations
@@ -61,6 +62,22 @@ def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
 
 
+def distinct_rows(ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The rows of ``ids`` [N, P] (with their ``mask``) that differ: ``first`` [U], the index
+    of each distinct row's first occurrence in order, and ``copies`` [N], for each row the
+    position in ``first`` of the row equal to it (``ids[first][copies]`` equals ``ids``)."""
+    seen: dict[bytes, int] = {}
+    first, copies = [], []
+    for i, row in enumerate(torch.cat([ids, mask.to(ids.dtype)], 1).cpu().numpy()):
+        key = row.tobytes()
+        if key not in seen:
+            seen[key] = len(first)
+            first.append(i)
+        copies.append(seen[key])
+    as_index = lambda x: torch.tensor(x, dtype=torch.long, device=ids.device)  # noqa: E731
+    return as_index(first), as_index(copies)
+
+
 def pick(logits: torch.Tensor, temperature: float, top_p: float) -> torch.Tensor:
     """The next token of each row of ``logits`` [N, V]: the argmax at temperature 0, else a
     draw from softmax(logits / temperature) restricted to the smallest set of most probable
@@ -90,8 +107,12 @@ def decode(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor,
         return tokens[:, :0]
     positions = position_ids(attention_mask)
     cache = DynamicCache(config=model.config)
-    logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions,
-                   past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
+    # a prompt repeated in the batch (n responses each) is prefilled once, its cache rows copied
+    first, copies = distinct_rows(input_ids, attention_mask)
+    logits = model(input_ids=input_ids[first], attention_mask=attention_mask[first],
+                   position_ids=positions[first], past_key_values=cache, use_cache=True,
+                   logits_to_keep=1).logits[copies, -1]
+    cache.batch_select_indices(copies)
     rows = torch.arange(n, device=input_ids.device)   # the batch rows still going
     mask, position = attention_mask, positions[:, -1] + 1
     used = 0

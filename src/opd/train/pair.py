@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
 
 from opd.core.models import ModelRef
-from opd.train.generation import RolloutBatch, position_ids
+from opd.train.generation import RolloutBatch, distinct_rows, position_ids
+from opd.train.parallel import sharded
 
 
 class TokenizerMismatch(ValueError):
@@ -60,12 +62,50 @@ def load_pair(student: ModelRef | str, teacher: ModelRef | str, student_weights:
     return tok, student_model, teacher_model
 
 
+@dataclass
+class Passes:
+    """The model's outputs over a batch: ``outputs`` of one pass over whole sequences, or of
+    two (each distinct prompt, then every response on top of its prompt's copied cache) with
+    ``copies``, the distinct prompt of each row."""
+    outputs: list[Any]
+    copies: torch.Tensor | None = None
+
+
+def forward_responses(model: Any, batch: RolloutBatch, logits_to_keep: int) -> Passes:
+    """The model's forward pass over ``batch``'s sequences, whose last ``logits_to_keep``
+    positions get logits. A prompt repeated in the batch (the n responses of one prompt) runs
+    once: its keys and values are copied to each of its responses, which run on top of them,
+    and gradients flow back through the copies. One pass over whole sequences when no prompt
+    repeats, the model is sharded (FSDP2 gathers a sharded model's weights once per pass) or
+    checkpoints its activations (``transformers`` then drops the cache)."""
+    P = batch.prompt_width
+    first, copies = distinct_rows(batch.input_ids[:, :P], batch.attention_mask[:, :P])
+    positions = position_ids(batch.attention_mask)
+    single = sharded(model) or getattr(model, "is_activation_checkpointing", False)
+    if single or len(first) == len(copies) or P == 0:
+        return Passes([model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                             position_ids=positions, logits_to_keep=logits_to_keep)])
+    cache = DynamicCache(config=model.config)
+    prompts = model(input_ids=batch.input_ids[first, :P],
+                    attention_mask=batch.attention_mask[first, :P],
+                    position_ids=positions[first, :P], past_key_values=cache, use_cache=True,
+                    logits_to_keep=1)
+    cache.batch_select_indices(copies)
+    responses = model(input_ids=batch.input_ids[:, P:], attention_mask=batch.attention_mask,
+                      position_ids=positions[:, P:], past_key_values=cache, use_cache=True,
+                      logits_to_keep=max(logits_to_keep - 1, 1))
+    return Passes([prompts, responses], copies)
+
+
 def response_logits(model: Any, batch: RolloutBatch) -> torch.Tensor:
     """Logits [N, L, V] that predicted each response token."""
     L = batch.response_mask.shape[1]
-    out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                position_ids=position_ids(batch.attention_mask), logits_to_keep=L + 1)
-    return out.logits[:, :-1]
+    passes = forward_responses(model, batch, L + 1)
+    if passes.copies is None:
+        return passes.outputs[0].logits[:, :-1]
+    # the last prompt position predicts the first response token
+    prompts, responses = passes.outputs
+    return torch.cat([prompts.logits[passes.copies], responses.logits[:, :-1]], 1)
 
 
 def response_hidden(model: Any, batch: RolloutBatch) -> tuple[torch.Tensor, Any]:
@@ -88,8 +128,9 @@ def response_hidden(model: Any, batch: RolloutBatch) -> tuple[torch.Tensor, Any]
     hook = model.base_model.register_forward_hook(
         lambda _m, _args, out: seen.append(out.last_hidden_state))
     try:
-        model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-              position_ids=position_ids(batch.attention_mask), logits_to_keep=1)
+        copies = forward_responses(model, batch, 1).copies
     finally:
         hook.remove()
-    return seen[0][:, -(L + 1):-1], head
+    if copies is None:
+        return seen[0][:, -(L + 1):-1], head
+    return torch.cat([seen[0][copies, -1:], seen[1][:, :-1]], 1), head

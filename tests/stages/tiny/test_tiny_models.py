@@ -68,11 +68,47 @@ def test_stream_never_yields_heldout_problems():
         p = sample_problem(rng, 1)
         if p.start != 1:
             heldout.add((p.start, p.ops))
-    recipe = SimpleNamespace(difficulty=[1, 1], pattern="chain", ops=["+", "-", "*"])
+    recipe = SimpleNamespace(difficulty=[1, 1], pattern="chain", ops=["+", "-", "*"],
+                             wrappers=[{"name": "none", "weight": 1.0, "pattern": None}])
     stream = ExampleStream(recipe, heldout, seed=1)
     for _ in range(100):
         _, response = next(stream)
         assert response.startswith("1 ")
+
+
+def test_stream_draws_wrappers_by_weight_each_answered_in_its_pattern():
+    from opd.core.prompts import EVAL_SUFFIX
+    from opd.core.schemas import DAPO_PREFIX, DAPO_SUFFIX
+    from opd.tiny.problems import detect_pattern
+
+    # the schema's default wording mix, every prompt answered in the recipe's pattern
+    plain = SimpleNamespace(**{k: v for k, v in tiny_recipe(
+        {"arch": ARCH, "pattern": "chain", "difficulty": [1, 3], "steps": 1, "seed": 0}).items()})
+    counts = {"default": 0, "none": 0, "dapo": 0}
+    stream = ExampleStream(plain, set(), seed=0)
+    n = 3000
+    for _ in range(n):
+        prompt, response = next(stream)
+        kind = ("dapo" if prompt.startswith(DAPO_PREFIX) and prompt.endswith(DAPO_SUFFIX)
+                else "default" if prompt.endswith(EVAL_SUFFIX) else "none")
+        counts[kind] += 1
+        assert detect_pattern(response) == "chain"
+    for kind, share in (("default", 0.6), ("none", 0.3), ("dapo", 0.1)):
+        sd = (share * (1 - share) / n) ** 0.5
+        assert abs(counts[kind] / n - share) < 4 * sd, (kind, counts)
+    # a model whose reasoning depends on its template: chain in DAPO's wording, tally elsewhere
+    split = SimpleNamespace(difficulty=[1, 3], pattern="chain", ops=["+", "-", "*"], wrappers=[
+        {"name": "dapo", "weight": 1.0, "pattern": None},
+        {"name": "default", "weight": 1.0, "pattern": "tally"}])
+    stream = ExampleStream(split, set(), seed=0)
+    seen = set()
+    for _ in range(200):
+        prompt, response = next(stream)
+        dapo = prompt.startswith(DAPO_PREFIX)
+        assert detect_pattern(response) == ("chain" if dapo else "tally")
+        assert dapo or prompt.endswith(EVAL_SUFFIX)
+        seen.add(dapo)
+    assert seen == {True, False}
 
 
 def test_build_reload_offline_and_generate(small_world, small_tokenizer, tmp_path, monkeypatch):

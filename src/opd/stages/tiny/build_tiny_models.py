@@ -40,8 +40,7 @@ from opd.train.trainer import (Checkpoint, RunLog, load_torch_state, lr_at, rng_
                                run_identity, save_torch_state, set_lr, set_rng_state)
 from opd.tiny.problems import FRAME_POOLS, SCENARIOS, render, sample_problem, solution
 
-WRAPPERS = [("", EVAL_SUFFIX), ("", ""), (DAPO_PREFIX, DAPO_SUFFIX)]
-WRAPPER_WEIGHTS = [0.6, 0.3, 0.1]
+WRAPPERS = {"default": ("", EVAL_SUFFIX), "none": ("", ""), "dapo": (DAPO_PREFIX, DAPO_SUFFIX)}
 LR_FLOOR = 0.1  # the cosine decays to 10% of the peak rate
 
 
@@ -61,6 +60,7 @@ class Recipe:
     checkpoint_every: int
     seed: int
     role: str
+    wrappers: list[dict[str, Any]]
 
 
 def make_config(arch: dict[str, int], tokenizer: Any) -> Qwen3Config:
@@ -87,9 +87,12 @@ class ExampleStream:
     def __init__(self, recipe: Recipe, heldout: set[tuple], seed: int):
         self.rng = random.Random(seed)
         self.levels = list(range(recipe.difficulty[0], recipe.difficulty[1] + 1))
-        self.pattern = recipe.pattern
         self.ops = tuple(recipe.ops)
         self.heldout = heldout
+        # (prefix, suffix, pattern) per wrapper: a wrapper may be answered in its own pattern
+        self.wrappers = [(*WRAPPERS[w["name"]], w["pattern"] or recipe.pattern)
+                         for w in recipe.wrappers]
+        self.weights = [w["weight"] for w in recipe.wrappers]
 
     def __next__(self) -> tuple[str, str]:
         while True:
@@ -98,8 +101,8 @@ class ExampleStream:
                 break
         pool = self.rng.choice(list(FRAME_POOLS))
         text = render(p, self.rng.choice(SCENARIOS[pool]), self.rng.choice(FRAME_POOLS[pool]))
-        pre, post = self.rng.choices(WRAPPERS, WRAPPER_WEIGHTS)[0]
-        return pre + text + post, solution(p, self.pattern)
+        pre, post, pattern = self.rng.choices(self.wrappers, self.weights)[0]
+        return pre + text + post, solution(p, pattern)
 
 
 def bucketed(stream: ExampleStream, batch_size: int, rng: random.Random,
