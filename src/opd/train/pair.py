@@ -79,10 +79,12 @@ def forward_responses(model: Any, batch: RolloutBatch, logits_to_keep: int) -> P
     repeats, the model is sharded (FSDP2 gathers a sharded model's weights once per pass) or
     checkpoints its activations (``transformers`` then drops the cache)."""
     P = batch.prompt_width
-    first, copies = distinct_rows(batch.input_ids[:, :P], batch.attention_mask[:, :P])
     positions = position_ids(batch.attention_mask)
-    single = sharded(model) or getattr(model, "is_activation_checkpointing", False)
-    if single or len(first) == len(copies) or P == 0:
+    single = sharded(model) or getattr(model, "is_activation_checkpointing", False) or P == 0
+    if not single:
+        first, copies = distinct_rows(batch.input_ids[:, :P], batch.attention_mask[:, :P])
+        single = len(first) == len(copies)
+    if single:
         return Passes([model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
                              position_ids=positions, logits_to_keep=logits_to_keep)])
     cache = DynamicCache(config=model.config)
