@@ -171,3 +171,43 @@ def test_killed_build_resumes_to_the_same_weights(small_world, small_tokenizer, 
     log = [json.loads(ln) for ln in (out / "train_log.jsonl").read_text().splitlines()]
     assert [ln["step"] for ln in log] == list(range(60))
     assert (out / "train_log.jsonl").read_text() == (tmp_path / "ref/train_log.jsonl").read_text()
+
+
+def test_init_with_fewer_layers_is_grown_to_the_same_function(tok, tmp_path):
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    from opd.stages.tiny.build_tiny_models import initial_model
+
+    arch = {**ARCH, "head_dim": 16, "max_position_embeddings": 128}
+    torch.manual_seed(0)
+    small = Qwen3ForCausalLM(Qwen3Config(vocab_size=len(tok), **arch))
+    small.save_pretrained(tmp_path / "small")
+
+    def recipe(**over):
+        return SimpleNamespace(arch={**arch, **over})
+
+    big = initial_model(recipe(num_hidden_layers=3), tok, tmp_path / "small")
+    assert big.config.num_hidden_layers == 3 and len(big.model.layers) == 3
+    ids = torch.randint(0, len(tok), (3, 11))
+    mask = torch.ones_like(ids)
+    mask[0, :4] = 0
+    with torch.no_grad():
+        want = small(input_ids=ids, attention_mask=mask).logits
+        got = big(input_ids=ids, attention_mask=mask).logits
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    # the old layers are the small model's; a new layer learns from the first step on
+    for k, v in small.state_dict().items():
+        assert torch.equal(big.state_dict()[k], v)
+    big(input_ids=ids, labels=ids).loss.backward()
+    assert big.model.layers[2].self_attn.o_proj.weight.grad.abs().sum() > 0
+    assert big.model.layers[2].mlp.down_proj.weight.grad.abs().sum() > 0
+    # same depth: the init as it is; any other change of shape is refused by name
+    same = initial_model(recipe(), tok, tmp_path / "small")
+    assert same.config.num_hidden_layers == 1
+    with pytest.raises(ValueError, match="hidden_size"):
+        initial_model(recipe(hidden_size=64), tok, tmp_path / "small")
+    torch.manual_seed(0)
+    Qwen3ForCausalLM(Qwen3Config(vocab_size=len(tok), **{**arch, "num_hidden_layers": 2})
+                     ).save_pretrained(tmp_path / "two")
+    with pytest.raises(ValueError, match="only grow"):
+        initial_model(recipe(), tok, tmp_path / "two")

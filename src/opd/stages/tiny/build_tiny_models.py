@@ -3,7 +3,8 @@
 Each model follows a *recipe* from config: an architecture size, a thinking pattern, the
 difficulty levels it sees, the number of steps, and optionally a model to start from (so a
 "distilled student" continues its base, and the "no new knowledge" teacher continues the
-student on the student's own data). Training examples are generated on the fly from the
+student on the student's own data; an init with fewer layers than the recipe's arch is grown
+to it, a larger model of the same family). Training examples are generated on the fly from the
 world's problem generator, never using a held-out (benchmark or probe) problem. The loss
 covers assistant tokens only. The run uses the training core: warm-up + cosine to 10% of the
 peak rate, a JSONL log (copied into the model directory as ``train_log.jsonl``) and
@@ -122,11 +123,41 @@ def encode_batch(tokenizer: Any, pairs: list[tuple[str, str]]) -> dict[str, torc
     return collate([encode_chat(tokenizer, c) for c in chats], tokenizer.pad_token_id)
 
 
+def grown(model: Qwen3ForCausalLM, num_layers: int) -> Qwen3ForCausalLM:
+    """``model`` deepened to ``num_layers`` layers computing the same function: the new layers
+    (freshly initialised, on top) have zero output projections (attention ``o_proj``, MLP
+    ``down_proj``), so each adds nothing to the residual stream until training moves them."""
+    spec = {k: v for k, v in model.config.to_dict().items() if k != "layer_types"}
+    deeper = Qwen3ForCausalLM(Qwen3Config(**{**spec, "num_hidden_layers": num_layers}))
+    state = deeper.state_dict()
+    state.update(model.state_dict())
+    for i in range(model.config.num_hidden_layers, num_layers):
+        for name in ("self_attn.o_proj.weight", "mlp.down_proj.weight"):
+            state[f"model.layers.{i}.{name}"].zero_()
+    deeper.load_state_dict(state)
+    return deeper
+
+
 def initial_model(recipe: Recipe, tokenizer: Any, init: Path | None) -> Qwen3ForCausalLM:
-    if init is not None:
-        return AutoModelForCausalLM.from_pretrained(init, dtype=torch.float32,
-                                                    trust_remote_code=False)
-    return Qwen3ForCausalLM(make_config(recipe.arch, tokenizer))
+    """A fresh model of the recipe's arch, or the ``init`` model; an ``init`` with fewer layers
+    than the arch is grown to it (same family, larger: it starts as the smaller model)."""
+    if init is None:
+        return Qwen3ForCausalLM(make_config(recipe.arch, tokenizer))
+    model = AutoModelForCausalLM.from_pretrained(init, dtype=torch.float32,
+                                                 trust_remote_code=False)
+    have = model.config
+    for key, want in recipe.arch.items():
+        if key != "num_hidden_layers" and getattr(have, key) != want:
+            raise ValueError(f"tiny_models: the recipe's arch has {key}={want} but its init "
+                             f"model {init} has {getattr(have, key)}; only num_hidden_layers "
+                             "may grow")
+    if recipe.arch["num_hidden_layers"] < have.num_hidden_layers:
+        raise ValueError(f"tiny_models: the recipe's arch has num_hidden_layers="
+                         f"{recipe.arch['num_hidden_layers']}, fewer than its init model {init} "
+                         f"({have.num_hidden_layers}); a model can only grow")
+    if recipe.arch["num_hidden_layers"] > have.num_hidden_layers:
+        model = grown(model, recipe.arch["num_hidden_layers"])
+    return model
 
 
 def train(recipe: Recipe, tokenizer: Any, heldout: set[tuple], init: Path | None,
