@@ -84,6 +84,11 @@ def test_group_tables_figures_and_claims(finished_run):
     assert verdicts["the cold-started run gains more from OPD"] == "holds"
     # in its own template the template teacher is compatible; in the default one, mismatched
     assert verdicts["the teacher-aligned template gives the larger gain"] == "holds"
+    # two teachers of one lineage, one grown larger, look alike to the strong student and move
+    # it alike (differences several times inside the tolerance on two seed sets)
+    assert verdicts["the two teachers look alike to the strong student (initial overlap within "
+                    "0.05)"] == "holds"
+    assert verdicts["... and change it alike (gain within 0.05)"] == "holds"
     pattern = pd.read_csv(finished_run / "results/tables/thinking_pattern.csv")
     assert sorted(set(pattern["seed"])) == seeds
 
