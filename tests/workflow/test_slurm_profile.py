@@ -129,3 +129,19 @@ def test_a_job_that_cannot_fit_stops_the_dry_run(tmp_path):
     assert "GPU memory plan: these jobs do not fit" in out, out[-3000:]
     assert "opd_train justrl_to_r1_1p5b:" in out and "of 30 GiB" in out
     assert not (work / "results").exists()
+
+
+def test_a_tiny_model_others_start_from_is_built_on_more_threads(tmp_path):
+    work = copy_workflow(tmp_path)
+    proc = run_snakemake(["-n", "-p", "--cores", "4", "--config", "tiny_models={trunk_threads: 3}"],
+                         work)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    threads = dict(re.findall(r"build_tiny_models .*?--out \S+/tiny/(\w+) .*?--threads (\d+)",
+                              proc.stdout))
+    cfg = validate(yaml.safe_load((work / "config/config.yaml").read_text()))
+    models = cfg["tiny_models"]["models"]
+    assert set(threads) == set(models)
+    inits = {m["init"] for m in models.values()} - {None}
+    assert inits == {"base", "student"}
+    for name, n in threads.items():
+        assert int(n) == (3 if name in inits else 1), name
