@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -57,3 +58,47 @@ def test_online_the_url_goes_through_the_http_storage_plugin(tmp_path):
     assert "released.invalid" in out and "/datasets/test_data/probe/test.parquet" in out, \
         out[-3000:]
     assert "storage" in out.lower(), out[-3000:]
+
+
+def test_a_cold_start_on_a_released_sft_set_trains_on_the_fetched_file(tmp_path):
+    """cold_start.<name>.released: the SFT job reads results/released/<set>.parquet, which
+    fetch_released builds from the (here cached) chat file; no teacher rollouts are planned."""
+    work = copy_workflow(tmp_path)
+    chats = [[{"role": "user", "content": f"What is {i}+1?"},
+              {"role": "assistant", "content": f"\\boxed{{{i + 1}}}"}] for i in range(3)]
+    (work / "released").mkdir()
+    cached = work / "released/sftprobe.jsonl"
+    cached.write_text("".join(json.dumps({"messages": c}) + "\n" for c in chats))
+    cfg_path = work / "config/config.yaml"
+    cfg = yaml.safe_load(cfg_path.read_text())
+    cfg["released"] = {"sftprobe": {"url": "https://released.invalid/data/train.jsonl",
+                                    "sha256": hashlib.sha256(cached.read_bytes()).hexdigest(),
+                                    "format": "messages"}}
+    cfg["cold_start"]["probe_sft"] = {**cfg["cold_start"]["base_sft"], "released": "sftprobe"}
+    del cfg["cold_start"]["probe_sft"]["rollouts"]
+    cfg["models"]["probe_sft"] = {"path": "results/sft/probe_sft/final"}
+    cfg_path.write_text(yaml.safe_dump(cfg))
+
+    proc = run_snakemake(["--cores", "1", "results/released/sftprobe.parquet"], work)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = pq.read_table(work / "results/released/sftprobe.parquet").to_pylist()
+    assert [r["messages"] for r in rows] == chats
+
+    plan = run_snakemake(["-n", "-p", "results/sft/probe_sft/summary.json"], work)
+    assert plan.returncode == 0, plan.stderr[-3000:]
+    sft = [ln for ln in plan.stdout.splitlines() if "opd.stages.rollouts.cold_start_sft" in ln]
+    assert len(sft) == 1 and "--data results/released/sftprobe.parquet" in sft[0], plan.stdout[-3000:]
+    assert "teacher_rollouts" not in plan.stdout and "filter_rollouts" not in plan.stdout
+
+
+def test_a_cold_start_names_a_released_sft_set_not_a_prompt_file(tmp_path):
+    work = _workflow(tmp_path)
+    cfg_path = work / "config/config.yaml"
+    cfg = yaml.safe_load(cfg_path.read_text())
+    cfg["cold_start"]["base_sft"]["released"] = "probe"
+    del cfg["cold_start"]["base_sft"]["rollouts"]
+    cfg_path.write_text(yaml.safe_dump(cfg))
+    proc = run_snakemake(["-n", "results/released/probe.parquet"], work)
+    assert proc.returncode != 0
+    out = proc.stdout + proc.stderr
+    assert "cold_start.base_sft.released: released.probe is not an SFT set" in out, out[-3000:]

@@ -110,7 +110,11 @@ def test_profile_dry_run_lists_the_paper_dag_without_slurm(tmp_path):
     assert int(counts["select_prompts"]) == len(cfg["prompt_selection"])
     assert int(counts["prepare_dapo"]) == 1
     assert int(counts["teacher_rollouts"]) == sum(r["shards"] for r in cfg["rollouts"].values())
-    for rule in ("sample_openthoughts", "dedup_semantic", "filter_rollouts", "cold_start_sft",
+    # every cold start, on rollouts built here or on a released SFT set
+    assert int(counts["cold_start_sft"]) == len(cfg["cold_start"])
+    sources = {"rollouts" if "rollouts" in c else "released" for c in cfg["cold_start"].values()}
+    assert sources == {"rollouts", "released"}
+    for rule in ("sample_openthoughts", "dedup_semantic", "filter_rollouts",
                  "evaluate", "opd_tables", "opd_figures"):
         assert int(counts[rule]) >= 1, rule
     assert "build_tiny" not in proc.stdout

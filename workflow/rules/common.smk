@@ -240,7 +240,9 @@ def all_targets():
     if config["world"] == "tiny":
         targets += [f"{TINY_MODELS_DIR}/{m}.card.json" for m in tiny_models()]
         targets += [f"{RESULTS}/tables/tiny_models.md", f"{RESULTS}/tables/tiny_models.csv"]
-        targets += [f"{RESULTS}/sft/{c}/check.json" for c in config["cold_start"]]
+        # the check compares against the pattern of the teacher whose rollouts it trained on
+        targets += [f"{RESULTS}/sft/{c}/check.json" for c, spec in config["cold_start"].items()
+                    if "rollouts" in spec]
     return targets
 
 
@@ -289,7 +291,16 @@ def rollout_shards(name):
 
 def cold_start_params(name):
     spec = dict(config["cold_start"][name])
-    return {k: v for k, v in spec.items() if k not in ("student", "rollouts", "accelerate_config")}
+    return {k: v for k, v in spec.items()
+            if k not in ("student", "rollouts", "released", "accelerate_config")}
+
+
+def cold_start_data(name):
+    """A cold start's SFT set: the filtered rollouts built here, or a released set."""
+    spec = config["cold_start"][name]
+    if "released" in spec:
+        return f"{RESULTS}/released/{spec['released']}.parquet"
+    return f"{RESULTS}/rollouts/{spec['rollouts']}/sft.parquet"
 
 
 def launcher(rule_name, accelerate_config=None):

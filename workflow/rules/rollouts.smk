@@ -62,7 +62,7 @@ rule filter_rollouts:
 rule cold_start_sft:
     input:
         student=lambda w: model_input(config["cold_start"][w.name]["student"]),
-        data=lambda w: f"{ROLLOUTS_DIR}/{config['cold_start'][w.name]['rollouts']}/sft.parquet",
+        data=lambda w: cold_start_data(w.name),
     output:
         final=directory(f"{SFT_DIR}/{{name}}/final"),
         log=f"{SFT_DIR}/{{name}}/train_log.jsonl",

@@ -144,9 +144,13 @@ def _check_references(config: dict[str, Any]) -> None:
             if spec[key] not in config.get(registry, {}):
                 raise ConfigError(f"rollouts.{name}.{key}: unknown {registry} entry {spec[key]!r}")
     for name, spec in config.get("cold_start", {}).items():
-        for key, registry in (("student", "models"), ("rollouts", "rollouts")):
-            if spec[key] not in config.get(registry, {}):
+        for key, registry in (("student", "models"), ("rollouts", "rollouts"),
+                              ("released", "released")):
+            if key in spec and spec[key] not in config.get(registry, {}):
                 raise ConfigError(f"cold_start.{name}.{key}: unknown {registry} entry {spec[key]!r}")
+        if "released" in spec and config["released"][spec["released"]]["format"] != "messages":
+            raise ConfigError(f"cold_start.{name}.released: released.{spec['released']} is not an "
+                              "SFT set (format messages)")
     for name, spec in config.get("prompt_selection", {}).items():
         for key, registry in (("teacher", "models"), ("student", "models"),
                               ("prompts", "prompt_sets"), ("template", "templates")):

@@ -59,6 +59,12 @@ AMC23 = pa.schema([  # math-ai/amc23
 
 BENCHMARKS = {"aime24": AIME24, "aime25": AIME25, "amc23": AMC23}
 
+# An SFT set as SFT trainers read it (LlamaFactory's sharegpt formatting with role/content
+# tags): the chat in ``messages``, with the id of its prompt. filter_rollouts writes it from
+# teacher rollouts, fetch_released from the released cold-start set.
+SFT_MESSAGE = pa.struct([("role", pa.string()), ("content", pa.string())])
+SFT_SET = pa.schema([("prompt_id", pa.int64()), ("messages", pa.list_(SFT_MESSAGE))])
+
 # DAPO-Math-17k wraps every problem in this instruction (prefix + problem + suffix).
 DAPO_PREFIX = (
     "Solve the following math problem step by step. The last line of your response should be "

@@ -206,3 +206,33 @@ def test_sft_holds_out_examples_for_an_evaluation_loss(setup, tmp_path):
     lines = [json.loads(ln) for ln in (tmp_path / "out/train_log.jsonl").read_text().splitlines()]
     assert [ln["step"] for ln in lines if "eval_loss" in ln] == [3, 6, 9]
     assert math.isfinite(summary["final_eval_loss"]) and summary["final_eval_loss"] > 0
+
+
+def test_sft_trains_on_a_released_sft_set_as_fetched(setup, tmp_path):
+    """cold_start.<name>.released: the released chat file (one JSON line per chat, as the
+    official LlamaFactory dataset) goes through fetch_released, and the SFT stage trains on
+    every chat of its output, the system turn included."""
+    import hashlib
+
+    from opd.stages.data.fetch_released import main as fetch_released
+
+    chats = [[{"role": "user", "content": f"Start with {i}. Add 2. What is the result?"},
+              {"role": "assistant", "content": f"start: {i}\nadd 2 -> {i + 2}\nFinal: \\boxed{{{i + 2}}}"}]
+             for i in range(12)]
+    chats[3] = [{"role": "system", "content": "Answer briefly."}] + chats[3]
+    src = tmp_path / "train.jsonl"
+    src.write_text("".join(json.dumps({"messages": c}) + "\n" for c in chats))
+    data = tmp_path / "released.parquet"
+    fetch_released(["--source", str(src), "--out", str(data), "--stats", str(tmp_path / "s.json"),
+                    "--params", json.dumps({"url": "https://example.org/data/train.jsonl",
+                                            "sha256": hashlib.sha256(src.read_bytes()).hexdigest(),
+                                            "format": "messages", "strip_template": None})])
+    params = {**SFT, "epochs": 1, "grad_accum": 1, "checkpoint_every": 100}
+    proc = subprocess.run([sys.executable, "-m", "opd.stages.rollouts.cold_start_sft",
+                           "--model", str(setup / "model"), "--data", str(data),
+                           "--out", str(tmp_path / "out"), "--params", json.dumps(params),
+                           "--threads", "1"], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((tmp_path / "out/summary.json").read_text())
+    assert summary["examples"] == 12 and summary["steps"] == 12 // SFT["batch_size"]
+    assert (tmp_path / "out/final/model.safetensors").exists()

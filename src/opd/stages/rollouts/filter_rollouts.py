@@ -25,9 +25,8 @@ from opd.core.config import typed
 from opd.core.filters import REASONS, FilterRules, reject_reason
 from opd.core.io import read_table, write_json, write_parquet
 from opd.core.prompts import apply_template
+from opd.core.schemas import SFT_SET
 
-MESSAGE = pa.struct([("role", pa.string()), ("content", pa.string())])
-SFT_SCHEMA = pa.schema([("prompt_id", pa.int64()), ("messages", pa.list_(MESSAGE))])
 
 
 @dataclass
@@ -82,7 +81,7 @@ def main(argv: list[str] | None = None) -> None:
     kept, stats = filter_rows(df, args.params)
     if not kept:
         raise SystemExit(f"filter_rollouts: no response passed the filters ({stats['dropped']})")
-    write_parquet(args.out, pa.Table.from_pylist(kept, schema=SFT_SCHEMA))
+    write_parquet(args.out, pa.Table.from_pylist(kept, schema=SFT_SET))
     write_json(args.stats, stats)
     print(json.dumps(stats))
 
