@@ -52,6 +52,13 @@ def _rollout_cmd(root, out, shard=0, shards=1):
             "--params", json.dumps(ROLLOUT)]
 
 
+def _sft_cmd(root, data, out, params=SFT, launcher=(sys.executable,)):
+    """The cold-start SFT stage on ``data`` from the fixture's model."""
+    return [*launcher, "-m", "opd.stages.rollouts.cold_start_sft", "--model", str(root / "model"),
+            "--data", str(data), "--out", str(out), "--params", json.dumps(params),
+            "--threads", "1"]
+
+
 def write_sft_set(path, n):
     """An SFT set of n tally-pattern chats in the `messages` schema."""
     rows = [{"prompt_id": i, "messages": [
@@ -138,9 +145,7 @@ def test_empty_filter_fails_and_sft_resumes_after_kill(setup, tmp_path):
     write_sft_set(data, 40)
 
     def cmd(out):
-        return [sys.executable, "-m", "opd.stages.rollouts.cold_start_sft", "--model", str(setup / "model"),
-                "--data", str(data), "--out", str(out), "--params", json.dumps(SFT),
-                "--threads", "1"]
+        return _sft_cmd(setup, data, out)
 
     ref = subprocess.run(cmd(tmp_path / "ref"), capture_output=True, text=True, timeout=600)
     assert ref.returncode == 0, ref.stderr[-3000:]
@@ -174,10 +179,9 @@ def test_sft_runs_data_parallel_over_two_processes(setup, tmp_path):
     write_sft_set(data, 32)
     params = {**SFT, "epochs": 1, "grad_accum": 1, "checkpoint_every": 100}
     torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
-    proc = subprocess.run([torchrun, "--nproc_per_node", "2", "-m", "opd.stages.rollouts.cold_start_sft",
-                           "--model", str(setup / "model"), "--data", str(data),
-                           "--out", str(tmp_path / "out"), "--params", json.dumps(params),
-                           "--threads", "1"], capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(_sft_cmd(setup, data, tmp_path / "out", params,
+                                   launcher=(torchrun, "--nproc_per_node", "2")),
+                          capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads((tmp_path / "out/summary.json").read_text())
     assert summary["steps"] == 32 // SFT["batch_size"] // 2
@@ -195,10 +199,8 @@ def test_sft_holds_out_examples_for_an_evaluation_loss(setup, tmp_path):
     data = tmp_path / "sft.parquet"
     write_sft_set(data, 40)
     params = {**SFT, "epochs": 1, "grad_accum": 1, "holdout": 0.1, "checkpoint_every": 3}
-    proc = subprocess.run([sys.executable, "-m", "opd.stages.rollouts.cold_start_sft",
-                           "--model", str(setup / "model"), "--data", str(data),
-                           "--out", str(tmp_path / "out"), "--params", json.dumps(params),
-                           "--threads", "1"], capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(_sft_cmd(setup, data, tmp_path / "out", params),
+                          capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads((tmp_path / "out/summary.json").read_text())
     assert summary["held_out"] == 4 and summary["examples"] == 36
@@ -228,10 +230,8 @@ def test_sft_trains_on_a_released_sft_set_as_fetched(setup, tmp_path):
                                             "sha256": hashlib.sha256(src.read_bytes()).hexdigest(),
                                             "format": "messages", "strip_template": None})])
     params = {**SFT, "epochs": 1, "grad_accum": 1, "checkpoint_every": 100}
-    proc = subprocess.run([sys.executable, "-m", "opd.stages.rollouts.cold_start_sft",
-                           "--model", str(setup / "model"), "--data", str(data),
-                           "--out", str(tmp_path / "out"), "--params", json.dumps(params),
-                           "--threads", "1"], capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(_sft_cmd(setup, data, tmp_path / "out", params),
+                          capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads((tmp_path / "out/summary.json").read_text())
     assert summary["examples"] == 12 and summary["steps"] == 12 // SFT["batch_size"]
