@@ -114,7 +114,7 @@ def turns_complaint(turns: Any) -> str | None:
     for j, turn in enumerate(turns):
         if turn["role"] not in ROLES:
             return f"turn {j} has role {turn['role']!r} (expected one of {', '.join(ROLES)})"
-        if not isinstance(turn["content"], str) or not turn["content"].strip():
+        if not turn["content"].strip():
             return f"turn {j} ({turn['role']}) has no text"
     if not any(t["role"] == "user" for t in turns):
         return "has no user turn"

@@ -28,7 +28,6 @@ from opd.core.prompts import apply_template
 from opd.core.schemas import SFT_SET
 
 
-
 @dataclass
 class FilterParams:
     """The rollout set's template and keep count, and the filters (config ``filters``)."""
