@@ -1,5 +1,6 @@
 """The sampling loop: greedy tokens equal ``model.generate``'s, sampled tokens follow the
-temperature and nucleus distribution written out by hand, ended sequences are padded."""
+temperature and nucleus distribution written out by hand, ended sequences are padded; the
+lean Qwen3 decode step gives the ``transformers`` forward's logits bit for bit."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import pytest
 import torch
 
 from opd.stages.tiny.build_tiny_models import main as build_model
-from opd.train.generation import Sampling, decode, pick, sample_batch
+from opd.train.generation import Sampling, decode, pick, position_ids, sample_batch
+from opd.train.qwen3_step import Qwen3Step
 from conftest import tiny_recipe
 
 ARCH = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
@@ -88,3 +90,92 @@ def test_sampling_follows_the_tempered_nucleus_distribution(temperature, top_p):
 def test_greedy_pick_is_the_argmax():
     logits = torch.tensor([[0.1, 3.0, -1.0], [5.0, 4.9, 0.0]])
     assert pick(logits, 0.0, 1.0).tolist() == [1, 0]
+
+
+def _step_both_ways(model, enc, steps: int, drop_at: int | None) -> None:
+    """Feed the same random tokens through ``Qwen3Step`` and the ``transformers`` forward,
+    each with its own cache, and compare the logits of every step exactly; at ``drop_at`` the
+    first row leaves the batch (its cache rows dropped), as an ended sequence does."""
+    from transformers import DynamicCache
+
+    ids, mask = enc["input_ids"], enc["attention_mask"]
+    pos = position_ids(mask)
+    caches = [DynamicCache(config=model.config) for _ in range(2)]
+    with torch.no_grad():
+        for c in caches:
+            model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=c,
+                  use_cache=True)
+    step = Qwen3Step(model)
+    gen = torch.Generator().manual_seed(0)
+    position = pos[:, -1:] + 1
+    for t in range(steps):
+        if t == drop_at:
+            keep = torch.arange(1, mask.shape[0])
+            for c in caches:
+                c.batch_select_indices(keep)
+            mask, position = mask[keep], position[keep]
+        mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], 1)
+        nxt = torch.randint(0, model.config.vocab_size, (mask.shape[0], 1), generator=gen)
+        with torch.no_grad():
+            ref = model(input_ids=nxt, attention_mask=mask, position_ids=position,
+                        past_key_values=caches[0], use_cache=True).logits[:, -1]
+        ours = step(nxt, mask, position, caches[1])
+        assert torch.equal(ours, ref), (t, (ours - ref).abs().max())
+        position = position + 1
+
+
+@pytest.mark.parametrize("padded", [True, False])
+def test_qwen3_step_gives_the_transformers_logits_bit_for_bit(model_and_tokenizer, padded):
+    model, tok = model_and_tokenizer
+    assert Qwen3Step.supports(model)
+    prompts = _prompts(tok) if padded else [_prompts(tok)[2]] * 3
+    tok.padding_side = "left"
+    enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+    assert bool((enc["attention_mask"] == 0).any()) == padded
+    # padded: the row with the shortest prompt leaves, the rest still hold padding
+    _step_both_ways(model, enc, steps=20, drop_at=7)
+
+
+def test_qwen3_step_covers_grouped_and_plain_heads(small_world, small_tokenizer, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out = tmp_path / "m"
+    arch = {**ARCH, "num_key_value_heads": 2}   # one key head per query head
+    recipe = {"arch": arch, "pattern": "chain", "difficulty": [1, 2], "steps": 2,
+              "batch_size": 4, "lr": 3e-3, "warmup_ratio": 0.0, "seed": 0}
+    build_model(["--world", str(small_world), "--tokenizer", str(small_tokenizer), "--out",
+                 str(out), "--params", json.dumps(tiny_recipe(recipe))])
+    model, tok = AutoModelForCausalLM.from_pretrained(out).eval(), AutoTokenizer.from_pretrained(out)
+    tok.padding_side = "left"
+    enc = tok(_prompts(tok), return_tensors="pt", padding=True, add_special_tokens=False)
+    _step_both_ways(model, enc, steps=8, drop_at=3)
+
+
+def test_qwen3_step_is_used_only_where_it_matches(model_and_tokenizer):
+    model, _ = model_and_tokenizer
+    assert Qwen3Step.supports(model)
+    model.train()
+    assert not Qwen3Step.supports(model)   # dropout and the like: the module stack decides
+    model.eval()
+    model.config._attn_implementation = "eager"
+    try:
+        assert not Qwen3Step.supports(model)
+    finally:
+        model.config._attn_implementation = "sdpa"
+    with pytest.raises(ValueError, match="one token per row"):
+        Qwen3Step(model)(torch.zeros(1, 2, dtype=torch.long), torch.ones(1, 2),
+                         torch.zeros(1, 2, dtype=torch.long), None)
+
+
+def test_sampled_tokens_are_the_same_with_and_without_the_lean_step(model_and_tokenizer,
+                                                                   monkeypatch):
+    model, tok = model_and_tokenizer
+    sampling = Sampling(max_new_tokens=24, temperature=1.0)
+
+    def sample() -> torch.Tensor:
+        torch.manual_seed(3)
+        return sample_batch(model, tok, _prompts(tok) * 2, sampling).input_ids
+
+    lean = sample()
+    monkeypatch.setattr(Qwen3Step, "supports", staticmethod(lambda model: False))
+    assert torch.equal(sample(), lean)

@@ -1,0 +1,106 @@
+"""One decoding step of a Qwen3 model on CPU without the ``transformers`` module stack.
+
+A decode step of a tiny model is mostly per-call cost: the ``transformers`` forward builds an
+attention mask, output objects and about forty module calls around a few small matrix
+products. ``Qwen3Step`` runs the same operations in the same order straight on the model's
+weights and its key/value cache, so its logits are bit-identical to
+``model(input_ids, attention_mask, position_ids, past_key_values).logits[:, -1]`` with the
+``sdpa`` attention (``tests/test_generation.py`` checks equality over many steps, with and
+without left padding). ``Qwen3Step.supports`` names the models it covers; ``decode`` uses the
+``transformers`` forward for every other model.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+
+def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    dtype = x.dtype
+    x = x.to(torch.float32)
+    x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * x.to(dtype)
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+class Qwen3Step:
+    """Next-token logits [N, V] of a Qwen3 causal LM for one new token per row."""
+
+    @staticmethod
+    def supports(model: Any) -> bool:
+        """A CPU Qwen3 causal LM in inference with full (not sliding) ``sdpa`` attention,
+        default rotary embedding and no projection biases."""
+        cfg = getattr(model, "config", None)
+        if cfg is None or getattr(cfg, "model_type", None) != "qwen3" or model.training:
+            return False
+        rope = (getattr(cfg, "rope_parameters", None) or {}).get("rope_type", "default")
+        return (cfg._attn_implementation == "sdpa" and rope == "default"
+                and not cfg.attention_bias and model.device.type == "cpu"
+                and all(t == "full_attention" for t in cfg.layer_types)
+                and hasattr(model, "lm_head") and hasattr(model, "model"))
+
+    def __init__(self, model: Any):
+        body = model.model
+        self.embed = body.embed_tokens.weight
+        self.inv_freq = body.rotary_emb.inv_freq
+        self.rope_scale = body.rotary_emb.attention_scaling
+        self.norm = (body.norm.weight, body.norm.variance_epsilon)
+        self.head = model.lm_head.weight
+        self.layers = []
+        for layer in body.layers[:model.config.num_hidden_layers]:
+            att, mlp = layer.self_attn, layer.mlp
+            self.layers.append(dict(
+                ln1=(layer.input_layernorm.weight, layer.input_layernorm.variance_epsilon),
+                ln2=(layer.post_attention_layernorm.weight,
+                     layer.post_attention_layernorm.variance_epsilon),
+                qn=(att.q_norm.weight, att.q_norm.variance_epsilon),
+                kn=(att.k_norm.weight, att.k_norm.variance_epsilon),
+                q=att.q_proj.weight, k=att.k_proj.weight, v=att.v_proj.weight,
+                o=att.o_proj.weight, scale=att.scaling, head_dim=att.head_dim,
+                gate=mlp.gate_proj.weight, up=mlp.up_proj.weight, down=mlp.down_proj.weight,
+                act=mlp.act_fn))
+
+    @torch.no_grad()
+    def __call__(self, ids: torch.Tensor, attention_mask: torch.Tensor,
+                 position: torch.Tensor, cache: Any) -> torch.Tensor:
+        """Logits for ``ids`` [N, 1] at ``position`` [N, 1]; ``attention_mask`` [N, K] covers
+        the cached tokens and this one; ``cache`` (a ``DynamicCache``) grows by one token."""
+        n, q_len = ids.shape
+        if q_len != 1:
+            raise ValueError(f"Qwen3Step runs one token per row, got {q_len}")
+        x = F.embedding(ids, self.embed)
+        freqs = position[..., None].float() * self.inv_freq
+        emb = torch.cat((freqs, freqs), dim=-1)
+        cos = (emb.cos() * self.rope_scale).to(x.dtype)[:, None]
+        sin = (emb.sin() * self.rope_scale).to(x.dtype)[:, None]
+        # as ``transformers`` does: no mask when every row sees every cached token (grouped
+        # heads then run in SDPA), else a boolean mask with each key head's query heads packed
+        mask = None if bool(attention_mask.all()) else attention_mask.bool()[:, None, None, :]
+        for i, w in enumerate(self.layers):
+            hd = w["head_dim"]
+            h = _rms_norm(x, *w["ln1"])
+            q = _rms_norm(F.linear(h, w["q"]).view(n, 1, -1, hd), *w["qn"]).transpose(1, 2)
+            k = _rms_norm(F.linear(h, w["k"]).view(n, 1, -1, hd), *w["kn"]).transpose(1, 2)
+            v = F.linear(h, w["v"]).view(n, 1, -1, hd).transpose(1, 2)
+            q = q * cos + _rotate_half(q) * sin
+            k = k * cos + _rotate_half(k) * sin
+            k, v = cache.update(k, v, i)
+            heads, kv_heads = q.shape[1], k.shape[1]
+            if mask is None:
+                o = F.scaled_dot_product_attention(q, k, v, scale=w["scale"],
+                                                   enable_gqa=heads != kv_heads)
+            else:
+                packed = q.reshape(n, kv_heads, heads // kv_heads, hd)
+                o = F.scaled_dot_product_attention(packed, k, v, attn_mask=mask,
+                                                   scale=w["scale"]).reshape(n, heads, 1, hd)
+            x = x + F.linear(o.transpose(1, 2).reshape(n, 1, -1), w["o"])
+            h = _rms_norm(x, *w["ln2"])
+            x = x + F.linear(w["act"](F.linear(h, w["gate"])) * F.linear(h, w["up"]), w["down"])
+        return F.linear(_rms_norm(x[:, -1], *self.norm), self.head)
