@@ -16,18 +16,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-
-
-def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    dtype = x.dtype
-    x = x.to(torch.float32)
-    x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
-    return weight * x.to(dtype)
-
-
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+from transformers.models.qwen3.modeling_qwen3 import rotate_half
 
 
 class Qwen3Step:
@@ -51,21 +40,19 @@ class Qwen3Step:
         self.embed = body.embed_tokens.weight
         self.inv_freq = body.rotary_emb.inv_freq
         self.rope_scale = body.rotary_emb.attention_scaling
-        self.norm = (body.norm.weight, body.norm.variance_epsilon)
+        # the RMS norms' own ``forward`` (no module-call machinery around it)
+        self.norm = body.norm.forward
         self.head = model.lm_head.weight
         self.layers = []
         for layer in body.layers[:model.config.num_hidden_layers]:
             att, mlp = layer.self_attn, layer.mlp
             self.layers.append(dict(
-                ln1=(layer.input_layernorm.weight, layer.input_layernorm.variance_epsilon),
-                ln2=(layer.post_attention_layernorm.weight,
-                     layer.post_attention_layernorm.variance_epsilon),
-                qn=(att.q_norm.weight, att.q_norm.variance_epsilon),
-                kn=(att.k_norm.weight, att.k_norm.variance_epsilon),
+                ln1=layer.input_layernorm.forward, ln2=layer.post_attention_layernorm.forward,
+                qn=att.q_norm.forward, kn=att.k_norm.forward,
                 q=att.q_proj.weight, k=att.k_proj.weight, v=att.v_proj.weight,
                 o=att.o_proj.weight, scale=att.scaling, head_dim=att.head_dim,
                 gate=mlp.gate_proj.weight, up=mlp.up_proj.weight, down=mlp.down_proj.weight,
-                act=mlp.act_fn))
+                act=mlp.act_fn.forward))
 
     @torch.no_grad()
     def __call__(self, ids: torch.Tensor, attention_mask: torch.Tensor,
@@ -85,12 +72,12 @@ class Qwen3Step:
         mask = None if bool(attention_mask.all()) else attention_mask.bool()[:, None, None, :]
         for i, w in enumerate(self.layers):
             hd = w["head_dim"]
-            h = _rms_norm(x, *w["ln1"])
-            q = _rms_norm(F.linear(h, w["q"]).view(n, 1, -1, hd), *w["qn"]).transpose(1, 2)
-            k = _rms_norm(F.linear(h, w["k"]).view(n, 1, -1, hd), *w["kn"]).transpose(1, 2)
+            h = w["ln1"](x)
+            q = w["qn"](F.linear(h, w["q"]).view(n, 1, -1, hd)).transpose(1, 2)
+            k = w["kn"](F.linear(h, w["k"]).view(n, 1, -1, hd)).transpose(1, 2)
             v = F.linear(h, w["v"]).view(n, 1, -1, hd).transpose(1, 2)
-            q = q * cos + _rotate_half(q) * sin
-            k = k * cos + _rotate_half(k) * sin
+            q = q * cos + rotate_half(q) * sin
+            k = k * cos + rotate_half(k) * sin
             k, v = cache.update(k, v, i)
             heads, kv_heads = q.shape[1], k.shape[1]
             if mask is None:
@@ -101,6 +88,6 @@ class Qwen3Step:
                 o = F.scaled_dot_product_attention(packed, k, v, attn_mask=mask,
                                                    scale=w["scale"]).reshape(n, heads, 1, hd)
             x = x + F.linear(o.transpose(1, 2).reshape(n, 1, -1), w["o"])
-            h = _rms_norm(x, *w["ln2"])
+            h = w["ln2"](x)
             x = x + F.linear(w["act"](F.linear(h, w["gate"])) * F.linear(h, w["up"]), w["down"])
-        return F.linear(_rms_norm(x[:, -1], *self.norm), self.head)
+        return F.linear(self.norm(x[:, -1]), self.head)
