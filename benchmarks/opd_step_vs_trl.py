@@ -20,7 +20,7 @@ lengths are reported. Each side's time is split into generation and update. The 
 turns, one step each, so that a change in the machine's load touches both alike; the ratio is
 the median of the per-pair ratios.
 
-    python benchmarks/opd_step_vs_trl.py [--prompts 16 --responses 4 --repeats 5]
+    python benchmarks/opd_step_vs_trl.py [--prompts 16 --responses 4 --repeats 9]
 
 Needs the tiny models (``make run``) and TRL (``pip install -c constraints.txt -e '.[bench]'``).
 Writes results/benchmarks/opd_step_vs_trl.json and .md.

@@ -151,9 +151,13 @@ def test_qwen3_step_covers_grouped_and_plain_heads(small_world, small_tokenizer,
     _step_both_ways(model, enc, steps=8, drop_at=3)
 
 
-def test_qwen3_step_is_used_only_where_it_matches(model_and_tokenizer):
+def test_qwen3_step_is_used_only_where_it_matches(model_and_tokenizer, monkeypatch):
     model, _ = model_and_tokenizer
     assert Qwen3Step.supports(model)
+    with monkeypatch.context() as env:
+        # transformers then runs grouped heads another way, with the padding mask
+        env.setenv("TRANSFORMERS_SDPA_FORCE_GQA", "1")
+        assert not Qwen3Step.supports(model)
     model.train()
     assert not Qwen3Step.supports(model)   # dropout and the like: the module stack decides
     model.eval()

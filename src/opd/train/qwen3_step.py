@@ -5,13 +5,14 @@ attention mask, output objects and about forty module calls around a few small m
 products. ``Qwen3Step`` runs the same operations in the same order straight on the model's
 weights and its key/value cache, so its logits are bit-identical to
 ``model(input_ids, attention_mask, position_ids, past_key_values).logits[:, -1]`` with the
-``sdpa`` attention (``tests/test_generation.py`` checks equality over many steps, with and
+``sdpa`` attention (``tests/train/test_generation.py`` checks equality over many steps, with and
 without left padding). ``Qwen3Step.supports`` names the models it covers; ``decode`` uses the
 ``transformers`` forward for every other model.
 """
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import torch
@@ -25,13 +26,16 @@ class Qwen3Step:
     @staticmethod
     def supports(model: Any) -> bool:
         """A CPU Qwen3 causal LM in inference with full (not sliding) ``sdpa`` attention,
-        default rotary embedding and no projection biases."""
+        default rotary embedding, no projection biases and heads of at most 256 dimensions
+        (where ``transformers`` picks its grouped-head path as below)."""
         cfg = getattr(model, "config", None)
         if cfg is None or getattr(cfg, "model_type", None) != "qwen3" or model.training:
             return False
         rope = (getattr(cfg, "rope_parameters", None) or {}).get("rope_type", "default")
+        head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
         return (cfg._attn_implementation == "sdpa" and rope == "default"
-                and not cfg.attention_bias and model.device.type == "cpu"
+                and not cfg.attention_bias and model.device.type == "cpu" and head_dim <= 256
+                and os.environ.get("TRANSFORMERS_SDPA_FORCE_GQA", "0") != "1"
                 and all(t == "full_attention" for t in cfg.layer_types)
                 and hasattr(model, "lm_head") and hasattr(model, "model"))
 
