@@ -82,6 +82,10 @@ def test_group_tables_figures_and_claims(finished_run):
     assert verdicts["a successful run ends with shared mass >= 0.9"] == "holds"
     assert verdicts["the compatible teacher gives the better student"] == "holds"
     assert verdicts["the cold-started run gains more from OPD"] == "holds"
+    # measured on the fixed panel, the rise holds on seeds 0-2 and 3-5 with its lower bound
+    # well above 0
+    assert verdicts["the successful run aligns on high-probability tokens (the teacher's "
+                    "probability of the student's top shared token rises)"] == "holds"
     # in its own template the template teacher is compatible; in the default one, mismatched
     assert verdicts["the teacher-aligned template gives the larger gain"] == "holds"
     # two teachers of one lineage, one grown larger, look alike to the strong student and move
@@ -113,10 +117,12 @@ def test_opd_runs_log_every_step(finished_run):
             lines = (finished_run / f"results/opd/{exp}/{run.name}/metrics.jsonl").read_text()
             assert [json.loads(ln)["step"] for ln in lines.splitlines()] == list(range(60))
             assert (finished_run / f"results/opd/{exp}/{run.name}/final/model.safetensors").exists()
-    # seeds draw different rollouts
-    first = [(finished_run / f"results/opd/strong_teacher/{r.name}/metrics.jsonl").read_text()
-             .splitlines()[0] for r in runs]
-    assert len(set(first)) == len(first)
+    # seeds draw different rollouts; the panel starts the same for every seed
+    first = [json.loads((finished_run / f"results/opd/strong_teacher/{r.name}/metrics.jsonl")
+                        .read_text().splitlines()[0]) for r in runs]
+    assert len({json.dumps(ln, sort_keys=True) for ln in first}) == len(first)
+    panels = [{k: v for k, v in ln.items() if k.startswith("panel/")} for ln in first]
+    assert panels[0] and all(p == panels[0] for p in panels)
 
 
 def test_mismatched_teacher_fails_while_compatible_teacher_stays_aligned(finished_run):

@@ -649,3 +649,71 @@ def test_token_budget_micro_batches_group_by_length_and_trim_padding(pair):
             torch.testing.assert_close(logits[r, :n], full[i, :n], atol=1e-4, rtol=1e-4)
     assert sorted(seen) == [i for i in range(len(lengths)) if batch.response_mask[i].sum()]
     assert [lengths[i] for i in seen] == sorted(lengths[i] for i in seen)
+
+
+def test_panel_is_taken_before_the_first_and_after_the_last_update(pair, tmp_path):
+    """The panel's metrics sit on the first and the last line only; its start is the same for
+    every seed (the same prompts, rollout seed and student), and it never changes the run."""
+    def run(out, **extra):
+        params = {**PARAMS, "steps": 3, "validation_every": 1000, **extra}
+        proc = subprocess.run(_cmd(pair, out, params), capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return _lines(out / "metrics.jsonl")
+
+    def panel(line):
+        return {k: v for k, v in line.items() if k.startswith("panel/")}
+
+    def rest(lines):
+        return [{k: v for k, v in ln.items() if not k.startswith("panel/")} for ln in lines]
+
+    plain = run(tmp_path / "plain")
+    with_panel = run(tmp_path / "panel", panel_prompts=2)
+    other_seed = run(tmp_path / "seed1", panel_prompts=2, seed=1)
+    assert rest(with_panel) == plain
+    assert [bool(panel(ln)) for ln in with_panel] == [True, False, True]
+    for key in ("overlap_ratio", "teacher_p_at_max_student", "shared_mass_student",
+                "reverse_kl", "entropy_gap", "overlap_advantage"):
+        assert f"panel/{key}" in with_panel[0] and f"panel/{key}" in with_panel[-1]
+    assert panel(other_seed[0]) == panel(with_panel[0])
+    assert rest(other_seed) != plain  # the seeds train on other rollouts
+    assert panel(other_seed[-1]) != panel(with_panel[-1])
+
+
+def test_panel_metrics_match_a_plain_loop(pair):
+    """Overlap ratio and the teacher's probability at the student's top shared token on the
+    panel, against a loop over each rollout's positions with unpadded forward passes."""
+    from opd.core.prompts import chat_prompt
+    from opd.stages.opd import opd_train
+    from opd.train.generation import Sampling, sample_batch
+    from opd.train.losses import weighted_means
+    from opd.train.pair import load_pair
+
+    student_dir, teacher_dir, _, _ = pair
+    tok, student, teacher = load_pair(str(student_dir), str(teacher_dir))
+    cfg = opd_train.OPDParams.from_config({**PARAMS, "panel_prompts": 2})
+    texts = [chat_prompt(tok, f"Start with {i}. The changes are +1, +2.")
+             for i in range(2) for _ in range(cfg.responses_per_prompt)]
+    got = weighted_means(opd_train.panel_parts(student, teacher, tok, texts, cfg))
+
+    torch.manual_seed(opd_train.PANEL_SEED)
+    batch = sample_batch(student.eval(), tok, texts,
+                         Sampling(max_new_tokens=cfg.max_response_tokens, temperature=1.0))
+    k, overlaps, p_at_max = cfg.top_k, [], []
+    with torch.no_grad():
+        for row in range(len(texts)):
+            ids = batch.input_ids[row][batch.attention_mask[row].bool()]
+            n = int(batch.response_mask[row].sum())
+            start = len(ids) - n
+            s_p = torch.softmax(student(ids[None]).logits[0].double(), -1)
+            t_p = torch.softmax(teacher(ids[None]).logits[0].double(), -1)
+            for j in range(n):
+                sp, tp = s_p[start - 1 + j], t_p[start - 1 + j]
+                s_top = set(sp.topk(k).indices.tolist())
+                shared = s_top & set(tp.topk(k).indices.tolist())
+                overlaps.append(len(shared) / k)
+                if shared:
+                    best = max(shared, key=lambda i: sp[i].item())
+                    p_at_max.append(tp[best].item())
+    assert got["overlap_ratio"] == pytest.approx(sum(overlaps) / len(overlaps), abs=1e-6)
+    assert got["teacher_p_at_max_student"] == pytest.approx(sum(p_at_max) / len(p_at_max),
+                                                            abs=1e-5)

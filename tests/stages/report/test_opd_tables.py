@@ -142,3 +142,39 @@ def test_figures_are_written_and_reproducible(results, tmp_path):
     assert (tmp_path / "a/long_horizon_good.png").stat().st_size > 1000
     figures_main(args)
     assert (tmp_path / "a/pattern.png").read_bytes() == first
+
+
+def test_panel_metrics_come_from_the_first_and_last_panel_lines(tmp_path):
+    from opd.stages.report.opd_tables import experiment_row
+
+    lines = _metrics([0.6, 0.7, 0.8, 0.9], [0.95] * 4, 0.5)
+    lines[0].update({"panel/overlap_ratio": 0.5, "panel/teacher_p_at_max_student": 0.90})
+    lines[-1].update({"panel/overlap_ratio": 0.75, "panel/teacher_p_at_max_student": 0.93})
+    path = tmp_path / "metrics.jsonl"
+    path.write_text("".join(json.dumps(ln) + "\n" for ln in lines))
+    summary = {"b1": _summary(10, 4, 0.5, 0.5)}
+    for model in ("s", "run"):
+        (tmp_path / model).mkdir()
+        (tmp_path / model / "b1.json").write_text(json.dumps(summary["b1"]))
+    evals = {m: {"b1": str(tmp_path / m / "b1.json")} for m in ("s", "run")}
+    row = experiment_row("run", EXPERIMENTS["good"], path, evals, window=2)
+    assert row["panel_overlap_ratio_initial"] == pytest.approx(0.5)
+    assert row["panel_overlap_change"] == pytest.approx(0.25)
+    assert row["panel_teacher_p_at_max_student_change"] == pytest.approx(0.03)
+    # the window metrics are unaffected: first two steps 0.6, 0.7
+    assert row["overlap_ratio_initial"] == pytest.approx(0.65)
+    # a metric the panel did not log, and a run without a panel: undefined
+    assert row["panel_entropy_gap_change"] != row["panel_entropy_gap_change"]
+    path.write_text("".join(json.dumps(ln) + "\n" for ln in _metrics([0.6] * 4, [0.9] * 4, 0.5)))
+    bare = experiment_row("run", EXPERIMENTS["good"], path, evals, window=2)
+    assert bare["panel_overlap_change"] != bare["panel_overlap_change"]
+
+
+def test_claim_on_a_missing_metric_names_it():
+    rows = {"x": {"0": {"panel_overlap_change": float("nan")},
+                  "1": {"panel_overlap_change": 0.1}}}
+    claim = {"claim": "rises", "a": "x", "b": None, "value": 0.0,
+             "metric": "panel_overlap_change", "op": ">"}
+    with pytest.raises(SystemExit, match=r"panel_overlap_change of x is missing .*seed\(s\) 0.*"
+                                         r"panel_prompts"):
+        check_claim(claim, rows)

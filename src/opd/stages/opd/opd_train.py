@@ -5,7 +5,9 @@ the current student (temperature 1, no truncation of the distribution), score ev
 token with the teacher, and take one optimizer step on ``opd.train.losses.opd_loss``. Logs one JSON
 line per step (loss, every mechanism metric, per-position buckets, lr, grad norm, response
 length, accuracy), validates periodically, checkpoints every N steps (model, optimizer, RNG,
-data position) and resumes exactly from the last checkpoint after a crash.
+data position) and resumes exactly from the last checkpoint after a crash. With
+``panel_prompts``, the mechanism metrics are also taken on a fixed panel of prompts and
+rollouts before the first update and after the last (``panel/<metric>``).
 
 Several processes (``accelerate launch`` or ``torchrun``; one GPU each, or CPU processes over
 gloo) run data parallel: the student is sharded over them with FSDP2 (``opd.train.parallel``:
@@ -94,6 +96,7 @@ class OPDParams:
     checkpoint_every: int
     validation_every: int
     validation: Validation
+    panel_prompts: int
     steps: int | None  # None: one epoch over the prompt set
     seed: int
     template: str
@@ -166,6 +169,63 @@ def _validate(model: Any, tok: Any, benchmarks: dict[str, pd.DataFrame], cfg: OP
         out[f"val/{name}"] = float(counts[0] / counts[1].clamp_min(1))
     model.train()
     return out
+
+
+PANEL_SEED = 0  # the panel's rollouts: one sampling seed for every seed of an experiment
+
+
+def panel_texts(prompts: pd.DataFrame, tok: Any, cfg: OPDParams, thinking: bool, world: int,
+                rank: int) -> list[str]:
+    """This process's share of the panel: the first ``panel_prompts`` prompts in file order,
+    each repeated ``responses_per_prompt`` times."""
+    if cfg.panel_prompts > len(prompts):
+        raise ValueError(f"opd.panel_prompts is {cfg.panel_prompts}, but the prompt set has "
+                         f"{len(prompts)} prompts that fit")
+    if cfg.steps is not None and cfg.steps < 2:
+        raise ValueError("opd.panel_prompts needs at least 2 steps: the panel's start and end "
+                         "are logged on the first and the last line")
+    mine = prompts["prompt"].iloc[local_share(list(range(cfg.panel_prompts)), world, rank)]
+    return [chat_prompt(tok, apply_template(cfg.template, p), thinking)
+            for p in mine for _ in range(cfg.responses_per_prompt)]
+
+
+def panel_parts(student: Any, teacher: Any, tok: Any, texts: list[str], cfg: OPDParams
+                ) -> list[tuple[dict[str, float], dict[str, int]]]:
+    """The mechanism metrics of the current student on this process's panel rollouts, per
+    micro-batch (pooled by ``weighted_means``): rollouts sampled at the training temperature
+    from ``PANEL_SEED``, scored as a training step scores them, without a backward pass. Runs
+    on a forked RNG, so that the panel never changes the rollouts the run trains on."""
+    sampling = Sampling(max_new_tokens=cfg.max_response_tokens, temperature=cfg.temperature,
+                        top_p=1.0, seed=PANEL_SEED)
+    cuda = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+    parts: list[tuple[dict[str, float], dict[str, int]]] = []
+    with torch.random.fork_rng(devices=cuda):
+        torch.manual_seed(PANEL_SEED)
+        student.eval()
+        batch = sample_batch(student, tok, texts, sampling, synced=sharded(student))
+        with torch.no_grad(), autocast(cfg):
+            for mb, counts in step_micro_batches(batch, cfg, student):
+                t_hidden, t_head = response_hidden(teacher, mb)
+                s_hidden, s_head = response_hidden(student, mb)
+                loss, metrics = opd_loss_hidden(
+                    s_hidden, s_head, t_hidden, t_head, mb.response_ids, mb.response_mask,
+                    variant=cfg.variant, top_k=cfg.top_k, support=cfg.support,
+                    weighting=cfg.weighting, temperature=cfg.temperature,
+                    teacher_temperature=cfg.teacher_temperature, chunk_size=cfg.chunk_size)
+                if counts:
+                    metrics.pop("buckets", None)
+                    weights = metrics.pop("weights")
+                    parts.append(({"loss": loss.item(), **metrics},
+                                  {"loss": int(mb.response_mask.sum()), **weights}))
+        student.train()
+    return parts
+
+
+def panel_metrics(parts_by_process: list[list[tuple[dict[str, float], dict[str, int]]]]
+                  ) -> dict[str, float]:
+    """Every process's panel micro-batches pooled into ``panel/<metric>`` values."""
+    pooled = weighted_means([p for parts in parts_by_process for p in parts])
+    return {f"panel/{k}": v for k, v in pooled.items()}
 
 
 def autocast(cfg: OPDParams) -> Any:
@@ -335,12 +395,16 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     generator = make_generator(cfg, ModelRef(str(ckpt.current), True) if resumed else args.student,
                                rank)
     benchmarks = {k: load_benchmark(v) for k, v in (args.benchmarks or {}).items()}
+    panel = (panel_texts(prompts, tok, cfg, args.student.thinking, world, rank)
+             if cfg.panel_prompts else [])
     sampling = Sampling(max_new_tokens=cfg.max_response_tokens, temperature=cfg.temperature,
                         top_p=1.0, seed=cfg.seed)
     n_resp = cfg.responses_per_prompt
     bar = tqdm(range(start, cfg.steps), desc="opd", initial=start, total=cfg.steps,
                disable=not main)
     for step in bar:
+        # the panel: the student as it started (step 0, before its update) and as it ends
+        before = panel_parts(student, teacher, tok, panel, cfg) if panel and step == 0 else None
         t0 = time.time()
         rows = prompts.iloc[local_share(order.take(cfg.prompts_per_step), world, rank)]
         texts = [chat_prompt(tok, apply_template(cfg.template, p), args.student.thinking)
@@ -375,13 +439,15 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
                     print(f"step {step}: gradient norm {grad_norm} is not finite; update skipped")
         if generator is not None:
             generator.sync(full_parameters(student))
+        last = step + 1 == cfg.steps
+        seconds = round(time.time() - t0, 3)   # the training step, without panel or validation
+        after = panel_parts(student, teacher, tok, panel, cfg) if panel and last else None
         mine = {"parts": parts, "buckets": buckets,
+                "panel": before if before is not None else after,
                 "lengths": [c.response_tokens for c in batch.completions],
                 "truncated": [c.finish_reason == "length" for c in batch.completions],
                 "graded": [is_correct(c.text, a) for c, a in zip(batch.completions, answers) if a]}
         every = gather_object([mine]) if world > 1 else [mine]
-        last = step + 1 == cfg.steps
-        seconds = round(time.time() - t0, 3)   # the training step, without validation
         scores = (validate(student, tok, benchmarks, cfg, cfg.seed + step,
                            args.student.thinking, world, rank)
                   if benchmarks and ((step + 1) % cfg.validation_every == 0 or last or step == 0)
@@ -397,6 +463,8 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
                     "accuracy": sum(graded) / len(graded) if graded else None,
                     "buckets": merge_buckets([b for e in every for b in e["buckets"]]),
                     "seconds": seconds, **scores}
+            if before is not None or after is not None:
+                line.update(panel_metrics([e["panel"] for e in every]))
             log.write(line, step)
             bar.set_postfix(loss=f"{agg.get('loss', 0):.4f}",
                             overlap=f"{agg.get('overlap_ratio', 0):.3f}")

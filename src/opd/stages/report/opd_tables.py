@@ -3,8 +3,10 @@ summary (``README.md``, ``claims.json``) that judges each paper claim over seeds
 
 Per run (an experiment trained with one seed) the row holds the pair, the variant, the
 mechanism metrics at the start and the end of training (each the mean over the first / last
-``window`` steps, to smooth step noise), and avg@n / pass@n per benchmark of the final student
-with the change against the student it started from; the positional metrics (reverse KL,
+``window`` steps, to smooth step noise; with ``panel_`` in front: on the run's fixed panel,
+before the first update and after the last, NaN for a run without one), and avg@n / pass@n
+per benchmark of the final student with the change against the student it started from; the
+positional metrics (reverse KL,
 overlap-token advantage) also at early (the first position bucket) and late (every later
 bucket) response positions at the end of training. The Markdown tables show each column's
 mean over seeds with its 95% interval; the CSV has one row per run. Claims are data (config
@@ -33,6 +35,7 @@ from opd.core.claims import FAILS, HOLDS, INCONCLUSIVE, interval, judged
 from opd.core.io import atomic_path, write_text
 from opd.core.logging import read_jsonl
 
+NAN = float("nan")
 MECHANISM = ("overlap_ratio", "shared_mass_student", "entropy_gap", "overlap_advantage",
              "teacher_p_at_max_student", "reverse_kl")
 # metrics compared by response position (the long-horizon claims)
@@ -85,6 +88,12 @@ def experiment_row(name: str, exp: dict[str, Any], metrics: Path,
         row[f"{key}_initial"] = window_mean(first, key)
         row[f"{key}_final"] = window_mean(last, key)
         row[f"{key.removesuffix('_ratio')}_change"] = row[f"{key}_final"] - row[f"{key}_initial"]
+    panel = [ln for ln in lines if any(k.startswith("panel/") for k in ln)]
+    for key in MECHANISM:
+        start, end = ((panel[0].get(f"panel/{key}", NAN), panel[-1].get(f"panel/{key}", NAN))
+                      if len(panel) >= 2 else (NAN, NAN))
+        row[f"panel_{key}_initial"], row[f"panel_{key}_final"] = start, end
+        row[f"panel_{key.removesuffix('_ratio')}_change"] = end - start
     for key in POSITIONAL:
         early, late = by_position(last, key)
         row[f"{key}_early_final"], row[f"{key}_late_final"] = early, late
@@ -123,6 +132,14 @@ def claim_values(claim: dict[str, Any], rows: dict[str, dict[str, dict[str, Any]
     left = [a[s][claim["metric"]] for s in seeds]
     right = [rows[claim["b"]][s][claim["metric"]] if claim.get("b") else claim["value"]
              for s in seeds]
+    for side, values in (("a", left), ("b", right)):
+        missing = [s for s, v in zip(seeds, values) if v != v]
+        if missing:
+            raise SystemExit(
+                f"claim {claim['claim']!r}: {claim['metric']} of {claim[side]} is missing (NaN) "
+                f"for seed(s) {', '.join(missing)}"
+                + ("; panel_ metrics need opd.panel_prompts > 0 for the experiment"
+                   if claim["metric"].startswith("panel_") else ""))
     return left, right
 
 
