@@ -203,20 +203,11 @@ def panel_parts(student: Any, teacher: Any, tok: Any, texts: list[str], cfg: OPD
         torch.manual_seed(PANEL_SEED)
         student.eval()
         batch = sample_batch(student, tok, texts, sampling, synced=sharded(student))
-        with torch.no_grad(), autocast(cfg):
+        with torch.no_grad():
             for mb, counts in step_micro_batches(batch, cfg, student):
-                t_hidden, t_head = response_hidden(teacher, mb)
-                s_hidden, s_head = response_hidden(student, mb)
-                loss, metrics = opd_loss_hidden(
-                    s_hidden, s_head, t_hidden, t_head, mb.response_ids, mb.response_mask,
-                    variant=cfg.variant, top_k=cfg.top_k, support=cfg.support,
-                    weighting=cfg.weighting, temperature=cfg.temperature,
-                    teacher_temperature=cfg.teacher_temperature, chunk_size=cfg.chunk_size)
+                loss, metrics = scored(student, teacher, mb, cfg)
                 if counts:
-                    metrics.pop("buckets", None)
-                    weights = metrics.pop("weights")
-                    parts.append(({"loss": loss.item(), **metrics},
-                                  {"loss": int(mb.response_mask.sum()), **weights}))
+                    parts.append(metric_part(loss, metrics, int(mb.response_mask.sum())))
         student.train()
     return parts
 
@@ -275,6 +266,34 @@ def rollout_logprobs(student: Any, mb: RolloutBatch, cfg: OPDParams) -> torch.Te
     return logp
 
 
+def scored(student: Any, teacher: Any, mb: RolloutBatch, cfg: OPDParams,
+           old: torch.Tensor | None = None, bucket_size: int | None = None
+           ) -> tuple[torch.Tensor, dict[str, Any]]:
+    """The OPD loss of one micro-batch and its mechanism metrics (per-position buckets with
+    ``bucket_size``): the teacher's forward pass without gradient, the student's with it
+    unless the caller turned gradients off. ``old``: the rollout policy's log-probs."""
+    with torch.no_grad(), autocast(cfg):
+        t_hidden, t_head = response_hidden(teacher, mb)
+    with autocast(cfg):
+        s_hidden, s_head = response_hidden(student, mb)
+        # the heads are applied chunk by chunk inside the loss; the sampling temperature
+        # divides the student's logits there too
+        return opd_loss_hidden(
+            s_hidden, s_head, t_hidden, t_head, mb.response_ids, mb.response_mask,
+            variant=cfg.variant, top_k=cfg.top_k, support=cfg.support,
+            weighting=cfg.weighting, temperature=cfg.temperature,
+            teacher_temperature=cfg.teacher_temperature, old_logprobs=old,
+            clip_range=cfg.clip_range, chunk_size=cfg.chunk_size, bucket_size=bucket_size)
+
+
+def metric_part(loss: torch.Tensor, metrics: dict[str, Any], n_tok: int
+                ) -> tuple[dict[str, float], dict[str, int]]:
+    """A micro-batch's metrics (its ``weights`` taken out) with the loss, for
+    ``weighted_means``."""
+    weights = metrics.pop("weights")
+    return {"loss": loss.item(), **metrics}, {"loss": n_tok, **weights}
+
+
 def accumulate(student: Any, teacher: Any, batch: RolloutBatch, cfg: OPDParams,
                step_tokens: int, old: list[torch.Tensor] | None = None,
                ) -> tuple[list[tuple[dict[str, float], int]], list[dict]]:
@@ -285,25 +304,13 @@ def accumulate(student: Any, teacher: Any, batch: RolloutBatch, cfg: OPDParams,
     buckets: list[dict] = []
     for i, (mb, counts) in enumerate(step_micro_batches(batch, cfg, student)):
         n_tok = int(mb.response_mask.sum()) if counts else 0
-        with torch.no_grad(), autocast(cfg):
-            t_hidden, t_head = response_hidden(teacher, mb)
-        with autocast(cfg):
-            s_hidden, s_head = response_hidden(student, mb)
-            # the heads are applied chunk by chunk inside the loss; the sampling temperature
-            # divides the student's logits there too
-            loss, metrics = opd_loss_hidden(
-                s_hidden, s_head, t_hidden, t_head, mb.response_ids, mb.response_mask,
-                variant=cfg.variant, top_k=cfg.top_k, support=cfg.support,
-                weighting=cfg.weighting, temperature=cfg.temperature,
-                teacher_temperature=cfg.teacher_temperature,
-                old_logprobs=None if old is None else old[i], clip_range=cfg.clip_range,
-                chunk_size=cfg.chunk_size, bucket_size=cfg.bucket_size)
+        loss, metrics = scored(student, teacher, mb, cfg, None if old is None else old[i],
+                               cfg.bucket_size)
         (loss * n_tok / step_tokens).backward()
         if not counts:
             continue
         buckets += metrics.pop("buckets", [])
-        weights = metrics.pop("weights")
-        parts.append(({"loss": loss.item(), **metrics}, {"loss": n_tok, **weights}))
+        parts.append(metric_part(loss, metrics, n_tok))
     return parts, buckets
 
 
