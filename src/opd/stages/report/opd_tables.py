@@ -6,9 +6,8 @@ mechanism metrics at the start and the end of training (each the mean over the f
 ``window`` steps, to smooth step noise; with ``panel_`` in front: on the run's fixed panel,
 before the first update and after the last, NaN for a run without one), and avg@n / pass@n
 per benchmark of the final student with the change against the student it started from; the
-positional metrics (reverse KL,
-overlap-token advantage) also at early (the first position bucket) and late (every later
-bucket) response positions at the end of training. The Markdown tables show each column's
+positional metrics (reverse KL, overlap-token advantage) also at early (the first position
+bucket) and late (every later bucket) response positions at the end of training. The Markdown tables show each column's
 mean over seeds with its 95% interval; the CSV has one row per run. Claims are data (config
 ``groups.<g>.claims``): a metric of experiment ``a`` compared with experiment ``b`` (paired by
 seed) or with a fixed ``value``, judged by ``opd.core.claims.judged``. The stage reads only the
