@@ -2,15 +2,17 @@
 DistillationTrainer used on-policy.
 
 Both sides start from the same student and teacher weights and sample the same prompts (16
-tiny OpenThoughts prompts x 4 responses by default) with the same settings: temperature 1,
-no top-p or top-k, up to 96 new tokens, float32. A step is timed from the prompts to the
-updated weights: the student samples its rollouts, the teacher scores them, loss, backward,
-gradient clipping and one AdamW update.
+tiny OpenThoughts prompts x 4 responses by default) with the settings of the tiny config's
+``strong_teacher`` experiment, the ones ``make run`` trains with: its sampling temperature (1),
+no top-p or top-k, up to 96 new tokens, float32, its learning rate, weight decay and gradient
+clipping. A step is timed from the prompts to the updated weights: the student samples its
+rollouts, the teacher scores them, loss, backward, gradient clipping and one AdamW update.
 
 - Ours: ``opd.train.generation.sample_batch`` (the sampling loop ``opd_train`` uses), then
-  ``opd_train.update`` with the full-vocabulary reverse KL, which also computes every mechanism
-  metric of the training log. Both run each prompt once for its 4 responses (prefill, and the
-  teacher's and student's forward and backward passes).
+  ``opd_train.update`` with the experiment's OPD settings (the full-vocabulary reverse KL, one
+  loss chunk per micro-batch, position buckets of 16), which also computes every mechanism
+  metric of the training log, per position bucket too. Both run each prompt once for its 4
+  responses (prefill, and the teacher's and student's forward and backward passes).
 - TRL: ``DistillationTrainer`` (in trl 1.16 it always generates on-policy) with ``beta=1`` (reverse
   KL): ``_generate_and_score_completions`` (its ``transformers`` generation), then
   ``compute_loss``, backward, clipping and its optimizer step.
@@ -20,7 +22,8 @@ lengths are reported. Each side's time is split into generation and update. The 
 turns, one step each, so that a change in the machine's load touches both alike; the ratio is
 the median of the per-pair ratios.
 
-    python benchmarks/opd_step_vs_trl.py [--prompts 16 --responses 4 --repeats 9]
+    python benchmarks/opd_step_vs_trl.py [--config config/config.yaml --experiment strong_teacher]
+        [--prompts 16 --responses 4 --repeats 9]
 
 Needs the tiny models (``make run``) and TRL (``pip install -c constraints.txt -e '.[bench]'``).
 Writes results/benchmarks/opd_step_vs_trl.json and .md.
@@ -40,17 +43,24 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from opd.core.config import section
+from opd.core.config import load
 from opd.core.prompts import EVAL_SUFFIX, chat_prompt
 from opd.stages.opd.opd_train import OPDParams, update
 from opd.train.generation import Sampling, sample_batch
 from opd.train.pair import load_pair
 
 
-def our_params(max_new: int) -> OPDParams:
-    """The tiny OPD defaults with the full-vocabulary reverse KL."""
-    cfg = section("opd", {"variant": "full", "max_response_tokens": max_new, "lr": 1e-4})
-    return OPDParams.from_config({**cfg, "steps": 1, "seed": 0, "template": "{problem}"})
+def our_params(config_path: Path, experiment: str, max_new: int) -> OPDParams:
+    """The OPD settings ``experiment`` of the config trains with (the tiny config's
+    ``strong_teacher``: the full-vocabulary reverse KL, one chunk per micro-batch, position
+    buckets of 16), with ``max_new`` response tokens."""
+    config = load(config_path)
+    if config["experiments"][experiment]["opd"].get("variant", config["opd"]["variant"]) != "full":
+        raise SystemExit(f"{config_path}: experiment {experiment} does not train with the "
+                         "full-vocabulary reverse KL, the objective TRL's side computes")
+    cfg = {**config["opd"], **config["experiments"][experiment]["opd"],
+           "max_response_tokens": max_new, "steps": 1, "seed": 0, "template": "{problem}"}
+    return OPDParams.from_config(cfg)
 
 
 def our_step(student, teacher, opt, tok, texts: list[str], cfg: OPDParams
@@ -59,7 +69,7 @@ def our_step(student, teacher, opt, tok, texts: list[str], cfg: OPDParams
     t0 = time.perf_counter()
     student.eval()
     batch = sample_batch(student, tok, texts, Sampling(max_new_tokens=cfg.max_response_tokens,
-                                                       temperature=1.0))
+                                                       temperature=cfg.temperature))
     student.train()
     t1 = time.perf_counter()
     tokens = int(batch.response_mask.sum())
@@ -67,16 +77,17 @@ def our_step(student, teacher, opt, tok, texts: list[str], cfg: OPDParams
     return t1 - t0, time.perf_counter() - t1, tokens / len(texts)
 
 
-def trl_trainer(student, teacher, tok, out: str, batch_size: int, max_new: int):
+def trl_trainer(student, teacher, tok, out: str, batch_size: int, cfg: OPDParams):
     from datasets import Dataset
     from trl import DistillationConfig, DistillationTrainer
 
-    args = DistillationConfig(output_dir=out, beta=1.0, temperature=1.0, top_p=1.0,
-                              top_k=0, max_completion_length=max_new, learning_rate=1e-4,
+    args = DistillationConfig(output_dir=out, beta=1.0, temperature=cfg.temperature, top_p=1.0,
+                              top_k=0, max_completion_length=cfg.max_response_tokens,
+                              learning_rate=cfg.lr, weight_decay=cfg.weight_decay,
                               # the prompts ours samples: chat template, thinking off
                               chat_template_kwargs={"enable_thinking": False},
                               per_device_train_batch_size=batch_size, report_to=[], use_cpu=True,
-                              max_grad_norm=1.0, logging_steps=1000, save_strategy="no",
+                              max_grad_norm=cfg.grad_clip, logging_steps=1000, save_strategy="no",
                               gradient_checkpointing=False)  # as ours: no recomputation
     data = Dataset.from_dict({"prompt": [[{"role": "user", "content": "x"}]] * batch_size})
     trainer = DistillationTrainer(model=student, teacher_model=teacher, args=args,
@@ -93,7 +104,7 @@ def trl_step(trainer, prompts: list[list[dict]]) -> tuple[float, float, float]:
     t1 = time.perf_counter()
     loss = trainer.compute_loss(model, inputs)
     loss.backward()
-    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    torch.nn.utils.clip_grad_norm_(model.parameters(), trainer.args.max_grad_norm)
     trainer.optimizer.step()
     trainer.optimizer.zero_grad(set_to_none=True)
     tokens = float(inputs["completion_mask"].sum()) / len(prompts)
@@ -129,6 +140,9 @@ def main() -> None:
     ap.add_argument("--student", default="results/models/tiny/student")
     ap.add_argument("--teacher", default="results/models/tiny/teacher_strong")
     ap.add_argument("--prompts-file", default="results/data/openthoughts_sample.parquet")
+    ap.add_argument("--config", type=Path, default=Path("config/config.yaml"))
+    ap.add_argument("--experiment", default="strong_teacher",
+                    help="the experiment whose OPD settings our side runs")
     ap.add_argument("--prompts", type=int, default=16)
     ap.add_argument("--responses", type=int, default=4)
     ap.add_argument("--max-new-tokens", type=int, default=96)
@@ -143,12 +157,12 @@ def main() -> None:
                 for p in problems for _ in range(args.responses)]
     texts = [chat_prompt(tok, m[0]["content"]) for m in messages]
 
-    cfg = our_params(args.max_new_tokens)
+    cfg = our_params(args.config, args.experiment, args.max_new_tokens)
     ours_model = copy.deepcopy(student)
-    ours_opt = torch.optim.AdamW(ours_model.parameters(), lr=1e-4, weight_decay=0.0)
+    ours_opt = torch.optim.AdamW(ours_model.parameters(), lr=cfg.lr,
+                                 weight_decay=cfg.weight_decay)
     with tempfile.TemporaryDirectory() as tmp:
-        trainer = trl_trainer(copy.deepcopy(student), teacher, tok, tmp, len(messages),
-                              args.max_new_tokens)
+        trainer = trl_trainer(copy.deepcopy(student), teacher, tok, tmp, len(messages), cfg)
         torch.manual_seed(0)
         ours, trl, ratios = interleaved(
             lambda: our_step(ours_model, teacher, ours_opt, tok, texts, cfg),

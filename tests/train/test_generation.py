@@ -12,7 +12,7 @@ import torch
 
 from opd.stages.tiny.build_tiny_models import main as build_model
 from opd.train.generation import Sampling, decode, pick, position_ids, sample_batch
-from opd.train.qwen3_step import Qwen3Step
+from opd.train.qwen3_step import Qwen3Step, StepCache
 from conftest import tiny_recipe
 
 ARCH = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
@@ -92,10 +92,12 @@ def test_greedy_pick_is_the_argmax():
     assert pick(logits, 0.0, 1.0).tolist() == [1, 0]
 
 
-def _step_both_ways(model, enc, steps: int, drop_at: int | None) -> None:
+def _step_both_ways(model, enc, steps: int, drop_at: int | None, room: int | None = None
+                    ) -> None:
     """Feed the same random tokens through ``Qwen3Step`` and the ``transformers`` forward,
     each with its own cache, and compare the logits of every step exactly; at ``drop_at`` the
-    first row leaves the batch (its cache rows dropped), as an ended sequence does."""
+    first row leaves the batch (its cache rows dropped), as an ended sequence does. With
+    ``room``, ``Qwen3Step`` writes to a ``StepCache`` that grows ``room`` positions at a time."""
     from transformers import DynamicCache
 
     ids, mask = enc["input_ids"], enc["attention_mask"]
@@ -105,6 +107,8 @@ def _step_both_ways(model, enc, steps: int, drop_at: int | None) -> None:
         for c in caches:
             model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=c,
                   use_cache=True)
+    if room is not None:
+        caches[1] = StepCache(caches[1], room)
     step = Qwen3Step(model)
     gen = torch.Generator().manual_seed(0)
     position = pos[:, -1:] + 1
@@ -124,16 +128,18 @@ def _step_both_ways(model, enc, steps: int, drop_at: int | None) -> None:
         position = position + 1
 
 
+@pytest.mark.parametrize("room", [None, 3])
 @pytest.mark.parametrize("padded", [True, False])
-def test_qwen3_step_gives_the_transformers_logits_bit_for_bit(model_and_tokenizer, padded):
+def test_qwen3_step_gives_the_transformers_logits_bit_for_bit(model_and_tokenizer, padded, room):
     model, tok = model_and_tokenizer
     assert Qwen3Step.supports(model)
     prompts = _prompts(tok) if padded else [_prompts(tok)[2]] * 3
     tok.padding_side = "left"
     enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
     assert bool((enc["attention_mask"] == 0).any()) == padded
-    # padded: the row with the shortest prompt leaves, the rest still hold padding
-    _step_both_ways(model, enc, steps=20, drop_at=7)
+    # padded: the row with the shortest prompt leaves, the rest still hold padding; a
+    # StepCache of room 3 grows on steps 0, 3, 6, ..., around the drop at step 7
+    _step_both_ways(model, enc, steps=20, drop_at=7, room=room)
 
 
 def test_qwen3_step_covers_grouped_and_plain_heads(small_world, small_tokenizer, tmp_path):
@@ -148,7 +154,7 @@ def test_qwen3_step_covers_grouped_and_plain_heads(small_world, small_tokenizer,
     model, tok = AutoModelForCausalLM.from_pretrained(out).eval(), AutoTokenizer.from_pretrained(out)
     tok.padding_side = "left"
     enc = tok(_prompts(tok), return_tensors="pt", padding=True, add_special_tokens=False)
-    _step_both_ways(model, enc, steps=8, drop_at=3)
+    _step_both_ways(model, enc, steps=8, drop_at=3, room=2)
 
 
 def test_qwen3_step_is_used_only_where_it_matches(model_and_tokenizer, monkeypatch):

@@ -8,7 +8,7 @@ evaluation and returns decoded completions with finish reasons and token counts.
 step through the model's key/value cache, and a sequence that has ended leaves the batch (its
 rows are dropped from the cache), so late steps only run the sequences still going. A Qwen3
 model on CPU takes its decode steps through ``Qwen3Step``, which gives the same logits with
-less per-call cost. Greedy decoding picks the same tokens as ``model.generate``; sampling
+less per-call cost, on a ``StepCache`` that writes each new token in place. Greedy decoding picks the same tokens as ``model.generate``; sampling
 draws from the same distribution (temperature, then nucleus ``top_p``) by inverse transform,
 one uniform number per sequence and step. A model sharded over processes (``synced``) uses
 ``model.generate(synced_gpus=True)`` instead, whose processes keep stepping together until
@@ -24,7 +24,7 @@ import torch
 from tqdm import tqdm
 from transformers import DynamicCache
 
-from opd.train.qwen3_step import Qwen3Step
+from opd.train.qwen3_step import Qwen3Step, StepCache
 
 
 @dataclass(frozen=True)
@@ -117,6 +117,8 @@ def decode(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                    logits_to_keep=1).logits[copies, -1]
     cache.batch_select_indices(copies)
     step = Qwen3Step(model) if Qwen3Step.supports(model) else None
+    if step is not None:
+        cache = StepCache(cache)   # written in place, step by step
     rows = torch.arange(n, device=input_ids.device)   # the batch rows still going
     mask, position = attention_mask, positions[:, -1] + 1
     used = 0

@@ -232,21 +232,32 @@ class _Accumulator:
     def add(self, per_tok: dict[str, torch.Tensor], weights: dict[str, torch.Tensor],
             mask_BC: torch.Tensor, start: int, positions: torch.Tensor | None = None) -> None:
         """One chunk's per-token values; its response positions are ``start`` onwards, or
-        ``positions`` [B, C] when the chunk gathers tokens from several places."""
+        ``positions`` [B, C] when the chunk gathers tokens from several places. Every metric
+        at once: values and weights stacked [M, valid tokens], summed per bucket by index."""
+        names = list(per_tok)
         mask = mask_BC.bool()
-        for name, v in per_tok.items():
-            ok = mask & ~torch.isnan(v)
-            w = weights[name].double() if name in weights else torch.ones_like(v, dtype=torch.float64)
-            self.sums[name] = self.sums.get(name, 0.0) + float((v[ok].double() * w[ok]).sum())
-            self.counts[name] = self.counts.get(name, 0.0) + float(w[ok].sum())
-            if self.bucket_size:
-                pos = positions if positions is not None else \
-                    torch.arange(start, start + v.shape[1], device=v.device).expand_as(v)
-                for b in torch.unique(pos[mask] // self.bucket_size).tolist():
-                    sel = ok & (pos // self.bucket_size == b)
-                    slot = self.buckets.setdefault(int(b), {}).setdefault(name, [0.0, 0.0])
-                    slot[0] += float((v[sel].double() * w[sel]).sum())
-                    slot[1] += float(w[sel].sum())
+        v = torch.stack([per_tok[n][mask] for n in names]).double()          # [M, N]
+        w = torch.stack([weights[n][mask].double() if n in weights
+                         else torch.ones_like(v[0]) for n in names])
+        ok = ~torch.isnan(v)
+        w = torch.where(ok, w, 0.0)
+        vw = torch.where(ok, v, 0.0) * w
+        for name, s_, c_ in zip(names, vw.sum(1).tolist(), w.sum(1).tolist()):
+            self.sums[name] = self.sums.get(name, 0.0) + s_
+            self.counts[name] = self.counts.get(name, 0.0) + c_
+        if not self.bucket_size or not v.shape[1]:
+            return
+        pos = (positions if positions is not None else
+               torch.arange(start, start + mask.shape[1], device=mask.device).expand_as(mask))
+        ids, inverse = torch.unique(pos[mask] // self.bucket_size, return_inverse=True)
+        sums = vw.new_zeros(len(names), len(ids)).index_add_(1, inverse, vw).T.tolist()
+        counts = w.new_zeros(len(names), len(ids)).index_add_(1, inverse, w).T.tolist()
+        for b, bucket_sums, bucket_counts in zip(ids.tolist(), sums, counts):
+            bucket = self.buckets.setdefault(int(b), {})
+            for name, s_, c_ in zip(names, bucket_sums, bucket_counts):
+                slot = bucket.setdefault(name, [0.0, 0.0])
+                slot[0] += s_
+                slot[1] += c_
 
     def result(self) -> dict[str, object]:
         """Each metric's mean, the weights behind it (``weights``, to pool micro-batches and

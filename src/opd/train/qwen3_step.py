@@ -8,6 +8,11 @@ weights and its key/value cache, so its logits are bit-identical to
 ``sdpa`` attention (``tests/train/test_generation.py`` checks equality over many steps, with and
 without left padding). ``Qwen3Step.supports`` names the models it covers; ``decode`` uses the
 ``transformers`` forward for every other model.
+
+``StepCache`` holds the keys and values of the decode steps in buffers with room for the next
+tokens: a step writes its one token in place, where ``DynamicCache`` copies the whole cache
+into a new tensor on every step. Attention reads a view of the filled part, with the same
+values, so the logits stay the same bit for bit.
 """
 
 from __future__ import annotations
@@ -18,6 +23,43 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from transformers.models.qwen3.modeling_qwen3 import rotate_half
+
+
+class StepCache:
+    """Per layer, keys and values [N, key heads, capacity, head size] of which the first
+    ``length`` positions are filled; full buffers grow by ``room`` positions, so a decode
+    step copies the cache once every ``room`` steps instead of on every step."""
+
+    def __init__(self, cache: Any, room: int = 16):
+        """Takes over the prefilled ``DynamicCache`` ``cache``'s tensors."""
+        self.room = room
+        self.keys = [layer.keys for layer in cache.layers]
+        self.values = [layer.values for layer in cache.layers]
+        self.length = [k.shape[2] for k in self.keys]
+
+    def _grown(self, buf: torch.Tensor, filled: int) -> torch.Tensor:
+        n, heads, _, size = buf.shape
+        out = buf.new_empty(n, heads, filled + self.room, size)
+        out[:, :, :filled] = buf[:, :, :filled]
+        return out
+
+    def update(self, k: torch.Tensor, v: torch.Tensor, layer: int
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Appends ``k``, ``v`` [N, key heads, 1, head size] to ``layer``; returns the layer's
+        keys and values so far (views)."""
+        filled = self.length[layer]
+        if filled == self.keys[layer].shape[2]:
+            self.keys[layer] = self._grown(self.keys[layer], filled)
+            self.values[layer] = self._grown(self.values[layer], filled)
+        self.keys[layer][:, :, filled:filled + 1] = k
+        self.values[layer][:, :, filled:filled + 1] = v
+        self.length[layer] = filled + 1
+        return self.keys[layer][:, :, :filled + 1], self.values[layer][:, :, :filled + 1]
+
+    def batch_select_indices(self, rows: torch.Tensor) -> None:
+        """Keeps only the batch rows ``rows`` (sequences that ended leave)."""
+        self.keys = [k[rows] for k in self.keys]
+        self.values = [v[rows] for v in self.values]
 
 
 class Qwen3Step:
@@ -62,7 +104,8 @@ class Qwen3Step:
     def __call__(self, ids: torch.Tensor, attention_mask: torch.Tensor,
                  position: torch.Tensor, cache: Any) -> torch.Tensor:
         """Logits for ``ids`` [N, 1] at ``position`` [N, 1]; ``attention_mask`` [N, K] covers
-        the cached tokens and this one; ``cache`` (a ``DynamicCache``) grows by one token."""
+        the cached tokens and this one; ``cache`` (a ``StepCache`` or ``DynamicCache``) grows by
+        one token."""
         n, q_len = ids.shape
         if q_len != 1:
             raise ValueError(f"Qwen3Step runs one token per row, got {q_len}")
