@@ -23,7 +23,7 @@ turns, one step each, so that a change in the machine's load touches both alike;
 the median of the per-pair ratios.
 
     python benchmarks/opd_step_vs_trl.py [--config config/config.yaml --experiment strong_teacher]
-        [--prompts 16 --responses 4 --repeats 9]
+        [--prompts 16 --responses 4 --repeats 15]
 
 Needs the tiny models (``make run``) and TRL (``pip install -c constraints.txt -e '.[bench]'``).
 Writes results/benchmarks/opd_step_vs_trl.json and .md.
@@ -146,7 +146,7 @@ def main() -> None:
     ap.add_argument("--prompts", type=int, default=16)
     ap.add_argument("--responses", type=int, default=4)
     ap.add_argument("--max-new-tokens", type=int, default=96)
-    ap.add_argument("--repeats", type=int, default=9)
+    ap.add_argument("--repeats", type=int, default=15)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=Path("results/benchmarks"))
     args = ap.parse_args()
