@@ -55,11 +55,14 @@ def our_params(config_path: Path, experiment: str, max_new: int) -> OPDParams:
     ``strong_teacher``: the full-vocabulary reverse KL, one chunk per micro-batch, position
     buckets of 16), with ``max_new`` response tokens."""
     config = load(config_path)
-    if config["experiments"][experiment]["opd"].get("variant", config["opd"]["variant"]) != "full":
-        raise SystemExit(f"{config_path}: experiment {experiment} does not train with the "
-                         "full-vocabulary reverse KL, the objective TRL's side computes")
+    if experiment not in config["experiments"]:
+        raise SystemExit(f"{config_path}: no experiment {experiment!r} under experiments:")
     cfg = {**config["opd"], **config["experiments"][experiment]["opd"],
            "max_response_tokens": max_new, "steps": 1, "seed": 0, "template": "{problem}"}
+    if cfg["variant"] != "full":
+        raise SystemExit(f"{config_path}: experiment {experiment} trains with opd.variant "
+                         f"{cfg['variant']!r}, not the full-vocabulary reverse KL that TRL's "
+                         "side computes")
     return OPDParams.from_config(cfg)
 
 
