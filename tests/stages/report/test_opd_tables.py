@@ -88,6 +88,7 @@ def test_claims_pair_seeds_of_both_experiments():
             "y": {"1": {"m": 0.5}, "2": {"m": 0.8}, "3": {"m": 0.0}}}
     out = check_claim({"claim": "c", "a": "x", "b": "y", "metric": "m", "op": ">"}, rows)
     # the seeds both ran: 1 and 2
+    assert out["seeds"] == [1, 2]
     assert out["values_a"] == [0.7, 0.9] and out["values_b"] == [0.5, 0.8]
     fixed = check_claim({"claim": "c", "a": "y", "b": None, "value": 0.5, "metric": "m",
                          "op": ">="}, rows)
@@ -130,6 +131,10 @@ def test_tables_from_fixture_metrics(results, tmp_path):
     summary = (out / "README.md").read_text()
     rows = [ln for ln in summary.splitlines() if ln.startswith("| [Pattern]")]
     assert [r.rsplit("|", 2)[-2].strip(" *") for r in rows] == verdicts
+    # each seed's own difference next to the verdict: good's start (0.6 + 0.01 x seed) minus
+    # bad's (mean of 0.3 and 0.2 over the first two steps)
+    assert rows[0].rsplit("|", 3)[-3].strip() == "0: +0.350; 1: +0.360; 2: +0.370"
+    assert "| 0: +0.350; 1: +0.360; 2: +0.370 | holds |" in md
     assert "Verdicts: 2 holds, 1 does not hold, 1 inconclusive." in summary
 
 

@@ -121,9 +121,9 @@ def run_rows(names: list[str], experiments: dict[str, Any], metrics: dict[str, d
 
 
 def claim_values(claim: dict[str, Any], rows: dict[str, dict[str, dict[str, Any]]]
-                 ) -> tuple[list[float], list[float]]:
-    """Both sides of a claim, seed by seed (the seeds both experiments ran; a fixed value
-    stands on the right of every seed)."""
+                 ) -> tuple[list[str], list[float], list[float]]:
+    """The seeds of a claim (those both experiments ran) and both sides, seed by seed (a fixed
+    value stands on the right of every seed)."""
     a = rows[claim["a"]]
     seeds = sorted(set(a) & set(rows[claim["b"]]) if claim.get("b") else a, key=int)
     if not seeds:
@@ -139,11 +139,13 @@ def claim_values(claim: dict[str, Any], rows: dict[str, dict[str, dict[str, Any]
                 f"for seed(s) {', '.join(missing)}"
                 + ("; panel_ metrics need opd.panel_prompts > 0 for the experiment"
                    if claim["metric"].startswith("panel_") else ""))
-    return left, right
+    return seeds, left, right
 
 
 def check_claim(claim: dict[str, Any], rows: dict[str, dict[str, dict[str, Any]]]) -> dict[str, Any]:
-    return judged(claim, *claim_values(claim, rows))
+    """The judged claim (``opd.core.claims.judged``) with the seeds its values come from."""
+    seeds, left, right = claim_values(claim, rows)
+    return {**judged(claim, left, right), "seeds": [int(s) for s in seeds]}
 
 
 def fmt(x: Any) -> str:
@@ -159,14 +161,20 @@ def fmt_interval(values: list[float]) -> str:
 
 
 def claim_cells(c: dict[str, Any]) -> str:
-    """The "measured | difference | verdict" cells of a judged claim."""
+    """The "measured | difference | per seed | verdict" cells of a judged claim."""
     rhs = c["b"] if c.get("b") else "threshold"
     d = c["difference"]
     bounds = f"[{d['low']:+.3f}, {d['high']:+.3f}]" if d["n"] > 1 else "(one seed)"
     mark = c["verdict"] if c["verdict"] == HOLDS else f"**{c['verdict']}**"
     return (f"{c['metric']}: {c['a']} {fmt(c['mean_a'])} {c['op']} {rhs} {fmt(c['mean_b'])}"
             + (f" (tol {c['tol']})" if c.get("tol") is not None else "")
-            + f" | {d['mean']:+.3f} {bounds} | {mark}")
+            + f" | {d['mean']:+.3f} {bounds} | {per_seed(c)} | {mark}")
+
+
+def per_seed(c: dict[str, Any]) -> str:
+    """Each seed's difference a - b, as ``seed: difference``."""
+    return "; ".join(f"{s}: {a - b:+.3f}" for s, a, b in zip(c["seeds"], c["values_a"],
+                                                              c["values_b"]))
 
 
 TABLE = [("overlap_ratio_initial", "overlap start"), ("overlap_ratio_final", "overlap end"),
@@ -192,8 +200,8 @@ def group_markdown(title: str, description: str, rows: dict[str, dict[str, dict[
             "final student on each benchmark; student/final avg@n pool all benchmarks. "
             "One row per seed in the CSV file.", ""]
     if checks:
-        out += ["| claim | measured (means) | difference a - b, 95% interval | verdict |",
-                "|---|---|---|---|"]
+        out += ["| claim | measured (means) | difference a - b, 95% interval | a - b per seed "
+                "| verdict |", "|---|---|---|---|---|"]
         out += [f"| {c['claim']} | {claim_cells(c)} |" for c in checks]
         out.append("")
     return "\n".join(out)
@@ -205,13 +213,15 @@ Each claim of the paper, judged over {n} seed(s) ({seeds}). A claim compares a m
 experiment a with experiment b (paired by seed) or with a fixed threshold. The verdict comes
 from the 95% interval (Student t) of the per-seed difference a - b: **holds** when the whole
 interval lies on the claimed side (for "~": within the tolerance), **does not hold** when it
-lies wholly on the other side (outside the tolerance), **inconclusive** otherwise. The table of
-each group holds its runs.
+lies wholly on the other side (outside the tolerance), **inconclusive** otherwise. Each seed's
+own difference stands next to the interval: an inconclusive claim may still have every seed on
+the claimed side, with too wide a spread for this many seeds. The table of each group holds its
+runs.
 
 Verdicts: {counts}.
 
-| group | claim | measured (means) | difference a - b, 95% interval | verdict |
-|---|---|---|---|---|"""
+| group | claim | measured (means) | difference a - b, 95% interval | a - b per seed | verdict |
+|---|---|---|---|---|---|"""
 
 
 def main(argv: list[str] | None = None) -> None:
