@@ -9,11 +9,11 @@ step through the model's key/value cache, and a sequence that has ended leaves t
 rows are dropped from the cache), so late steps only run the sequences still going. A Qwen3
 model on CPU takes its decode steps through ``Qwen3Step``, which gives the same logits up to
 float rounding with less per-call cost, on a ``StepCache`` that writes each new token in
-place. Greedy decoding
-picks the same tokens as ``model.generate``; sampling draws from the same distribution
-(temperature, then nucleus ``top_p``) by inverse transform, one uniform number per sequence and
-step. A model sharded over processes (``synced``) uses ``model.generate(synced_gpus=True)``
-instead, whose processes keep stepping together until every one has finished.
+place. Greedy decoding picks the same tokens as ``model.generate``; sampling draws from the
+same distribution (temperature, then nucleus ``top_p``) by inverse transform, one uniform
+number per sequence and step. A model sharded over processes (``synced``) uses
+``model.generate(synced_gpus=True)`` instead, whose processes keep stepping together until
+every one has finished.
 """
 
 from __future__ import annotations

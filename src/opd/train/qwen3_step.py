@@ -130,7 +130,7 @@ class Qwen3Step:
         sin = (emb.sin() * self.rope_scale).to(x.dtype)[:, None]
         # left padding as an additive key mask [N, 1, 1, K], shared by every layer
         bias = None if bool(attention_mask.all()) else torch.zeros(
-            attention_mask.shape, dtype=x.dtype).masked_fill(
+            attention_mask.shape, dtype=x.dtype, device=x.device).masked_fill(
                 attention_mask == 0, float("-inf"))[:, None, None, :]
         for i, w in enumerate(self.layers):
             hd = w["head_dim"]
