@@ -90,7 +90,19 @@ def test_all_operations_allowed_is_the_default_stream():
     assert a == b
 
 
-@pytest.mark.parametrize("allowed", [("+",), ("+", "-", "/"), ("*",)])
+def test_one_fact_allows_a_step_from_one_value_only():
+    rng = random.Random(11)
+    tripled_from = []
+    for _ in range(2000):
+        p = sample_problem(rng, rng.randint(1, 5), ("+", "-", "*2", "1*3"))
+        vals = p.values()
+        tripled_from += [a for (op, b), a in zip(p.ops, vals) if (op, b) == ("*", 3)]
+        assert all(0 <= v <= MAX_VALUE for v in vals)
+    assert tripled_from and set(tripled_from) == {1}
+
+
+@pytest.mark.parametrize("allowed", [("+",), ("+", "-", "/"), ("*",), ("+", "-", "1*"),
+                                     ("+", "-", "*3x"), ("+", "-", "x*3")])
 def test_bad_allowed_steps(allowed):
     with pytest.raises(ValueError, match="allowed steps"):
         sample_problem(random.Random(0), 2, allowed)

@@ -77,7 +77,7 @@ def test_group_tables_figures_and_claims(finished_run):
     verdicts = {c["claim"]: c["verdict"] for c in claims["claims"]}
     # the robust findings hold with their intervals: the mechanism, and the outcomes whose
     # per-seed differences are several times their spread (a mismatched teacher collapses the
-    # student; the cold start keeps it; so does the template teacher's own template)
+    # student; the cold start keeps it)
     assert verdicts["the compatible teacher starts with higher overlap"] == "holds"
     assert verdicts["a successful run ends with shared mass >= 0.9"] == "holds"
     assert verdicts["the compatible teacher gives the better student"] == "holds"
@@ -87,12 +87,13 @@ def test_group_tables_figures_and_claims(finished_run):
     assert verdicts["the successful run aligns on high-probability tokens (the teacher's "
                     "probability of the student's top shared token rises)"] == "holds"
     # in its own template the template teacher is compatible; in the default one, mismatched
-    assert verdicts["the teacher-aligned template gives the larger gain"] == "holds"
-    # two teachers of one lineage, one grown larger, look alike to the strong student and move
-    # it alike (differences several times inside the tolerance on two seed sets)
+    assert verdicts["the teacher-aligned template starts with higher overlap"] == "holds"
+    # two teachers of one lineage, one grown larger, look alike to the strong student (the
+    # difference is a tenth of the tolerance on two seed sets)
     assert verdicts["the two teachers look alike to the strong student (initial overlap within "
                     "0.05)"] == "holds"
-    assert verdicts["... and change it alike (gain within 0.05)"] == "holds"
+    # a teacher that only saw more of the student's own data leaves it where it was
+    assert verdicts["the teacher without new knowledge gives ~no gain (within 0.03)"] == "holds"
     pattern = pd.read_csv(finished_run / "results/tables/thinking_pattern.csv")
     assert sorted(set(pattern["seed"])) == seeds
 

@@ -14,12 +14,14 @@ Two thinking patterns solve the same problem with visibly different token sequen
 from __future__ import annotations
 
 import random
+import re
 from dataclasses import dataclass
 
 MAX_VALUE = 30
 MAX_DIFFICULTY = 5
 PATTERNS = ("chain", "tally")
 OPS = ("+", "-", "*")
+STEP = re.compile(r"\d+[-+*]\d|[-+*]\d?")   # "+", "*2", "1*3" (see sample_problem)
 
 # (subject, unit, context) -- three pools so datasets draw from disjoint scenarios.
 SCENARIOS: dict[str, list[tuple[str, str, str]]] = {
@@ -109,18 +111,21 @@ def _legal_steps(value: int, allowed: tuple[str, ...] = OPS) -> list[tuple[str, 
     steps = [("+", b) for b in range(1, 10) if value + b <= MAX_VALUE]
     steps += [("-", b) for b in range(1, 10) if value - b >= 0]
     steps += [("*", b) for b in (2, 3) if value * b <= MAX_VALUE and value > 0]
-    return [(op, b) for op, b in steps if op in allowed or f"{op}{b}" in allowed]
+    return [(op, b) for op, b in steps
+            if op in allowed or f"{op}{b}" in allowed or f"{value}{op}{b}" in allowed]
 
 
 def sample_problem(rng: random.Random, difficulty: int,
                    allowed: tuple[str, ...] = OPS) -> Problem:
     """A random problem with ``difficulty`` operations whose values stay in range, using only
-    the ``allowed`` steps: an operation (``"*"``) or one operation and operand (``"*2"``).
+    the ``allowed`` steps: an operation (``"*"``), one operation and operand (``"*2"``) or one
+    fact, an operation and operand from one value (``"1*3"``: tripling 1, no other tripling).
     ``+`` and ``-`` must be allowed, so that every value has a legal step."""
     if not 1 <= difficulty <= MAX_DIFFICULTY:
         raise ValueError(f"difficulty must be in 1..{MAX_DIFFICULTY}, got {difficulty}")
-    if not {"+", "-"} <= set(allowed) or not all(a[:1] in OPS for a in allowed):
-        raise ValueError(f"allowed steps must include + and - and start with one of {OPS}, "
+    if not {"+", "-"} <= set(allowed) or not all(STEP.fullmatch(a) for a in allowed):
+        raise ValueError(f"allowed steps must include + and - and each be an operation of "
+                         f"{OPS} with an optional operand and value (\"*\", \"*2\", \"1*3\"), "
                          f"got {allowed}")
     value = rng.randint(1, 9)
     start, ops = value, []
