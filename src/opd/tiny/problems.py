@@ -93,7 +93,7 @@ class Problem:
 
     @property
     def triples(self) -> bool:
-        """Whether a step multiplies by 3 (the capability only the strong teacher learns)."""
+        """Whether a step multiplies by 3 (the new capability; the student knows only 1 * 3)."""
         return ("*", 3) in self.ops
 
 
