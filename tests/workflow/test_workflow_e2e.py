@@ -113,10 +113,12 @@ def test_opd_runs_log_every_step(finished_run):
     runs = sorted((finished_run / "results/opd/strong_teacher").glob("seed*"))
     assert len(runs) == len(json.loads((finished_run / "results/tables/claims.json")
                                        .read_text())["seeds"])
+    experiments = yaml.safe_load((finished_run / "config/config.yaml").read_text())["experiments"]
     for exp in ("strong_teacher", "mismatched_teacher"):
+        steps = experiments[exp]["steps"]
         for run in runs:
             lines = (finished_run / f"results/opd/{exp}/{run.name}/metrics.jsonl").read_text()
-            assert [json.loads(ln)["step"] for ln in lines.splitlines()] == list(range(60))
+            assert [json.loads(ln)["step"] for ln in lines.splitlines()] == list(range(steps))
             assert (finished_run / f"results/opd/{exp}/{run.name}/final/model.safetensors").exists()
     # seeds draw different rollouts; the panel starts the same for every seed
     first = [json.loads((finished_run / f"results/opd/strong_teacher/{r.name}/metrics.jsonl")
