@@ -77,11 +77,16 @@ def test_group_tables_figures_and_claims(finished_run):
     verdicts = {c["claim"]: c["verdict"] for c in claims["claims"]}
     # the robust findings hold with their intervals: the mechanism, and the outcomes whose
     # per-seed differences are several times their spread (a mismatched teacher collapses the
-    # student; the cold start keeps it)
+    # student; the cold start keeps it). Each one held on seeds 0-2 and 3-5 in the tiny worlds
+    # of two machines (a CPU's arithmetic changes the built models; see the README)
     assert verdicts["the compatible teacher starts with higher overlap"] == "holds"
     assert verdicts["a successful run ends with shared mass >= 0.9"] == "holds"
     assert verdicts["the compatible teacher gives the better student"] == "holds"
     assert verdicts["the cold-started run gains more from OPD"] == "holds"
+    assert verdicts["the cold start raises the initial overlap"] == "holds"
+    # the strong teacher's tripling against a teacher that only saw the student's own data: a
+    # gain several times its spread on every seed
+    assert verdicts["the teacher with new capability gives the larger gain"] == "holds"
     # measured on the fixed panel, the rise holds on seeds 0-2 and 3-5 with its lower bound
     # well above 0
     assert verdicts["the successful run aligns on high-probability tokens (the teacher's "
@@ -92,8 +97,9 @@ def test_group_tables_figures_and_claims(finished_run):
     # difference is a tenth of the tolerance on two seed sets)
     assert verdicts["the two teachers look alike to the strong student (initial overlap within "
                     "0.05)"] == "holds"
-    # a teacher that only saw more of the student's own data leaves it where it was
-    assert verdicts["the teacher without new knowledge gives ~no gain (within 0.03)"] == "holds"
+    # not asserted: "the teacher without new knowledge gives ~no gain (within 0.03)" held in one
+    # world on both seed sets, but in the other a seed lost 0.036 and seeds 3-5 came out
+    # inconclusive
     pattern = pd.read_csv(finished_run / "results/tables/thinking_pattern.csv")
     assert sorted(set(pattern["seed"])) == seeds
 
