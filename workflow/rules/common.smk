@@ -79,14 +79,6 @@ def tiny_model_init(wildcards):
     return [f"{TINY_MODELS_DIR}/{init}"] if init else []
 
 
-def tiny_build_threads(wildcards):
-    """A build other tiny models start from gets tiny_models.trunk_threads (they wait for it);
-    any other build, the rule's threads."""
-    models = config["tiny_models"]["models"]
-    trunk = any(m["init"] == wildcards.model for m in models.values())
-    return config["tiny_models"]["trunk_threads"] if trunk else res("build_tiny_models", "threads")
-
-
 def tiny_recipe(wildcards):
     recipe = dict(config["tiny_models"]["models"][wildcards.model])
     recipe["arch"] = config["tiny_models"]["archs"][recipe["arch"]]

@@ -63,7 +63,7 @@ rule build_tiny_models:
         log_path("build_tiny_models", "{model}"),
     benchmark:
         bench_path("build_tiny_models", "{model}")
-    threads: tiny_build_threads
+    threads: res("build_tiny_models", "threads")
     resources:
         **rule_resources("build_tiny_models"),
     conda:
