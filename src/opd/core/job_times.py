@@ -2,7 +2,7 @@
 
 Each rule writes ``results/logs/<rule>/<wildcards>.benchmark.tsv`` (its ``benchmark:``
 directive): one header line and one row per repeat, whose first column ``s`` is the job's
-wall-clock seconds and whose ``cpu_time`` column is the CPU seconds Snakemake sampled. A run
+wall-clock seconds. A run
 on ``cores`` cores can take no less than its job-seconds over ``cores`` (every core busy all
 the time), and no less than its longest job; the rest of a measured wall time is cores left
 idle while jobs wait on others.
@@ -21,7 +21,6 @@ class JobTime:
     rule: str
     job: str          # the wildcards part of the file name, e.g. strong_teacher/seed0
     seconds: float    # wall clock
-    cpu_seconds: float | None
 
 
 @dataclass(frozen=True)
@@ -44,23 +43,13 @@ def read_job(path: Path, logs: Path) -> JobTime:
     if header[0] != "s":
         raise ValueError(f"{path}: the first column is {header[0]!r}, expected 's' "
                          "(Snakemake's wall-clock seconds)")
-    rows = [ln.split("\t") for ln in lines[1:]]
-    cpu_col = header.index("cpu_time") if "cpu_time" in header else None
-
-    def number(row: list[str], col: int) -> float | None:
-        try:
-            return float(row[col])
-        except (IndexError, ValueError):
-            return None
-
-    seconds = [number(r, 0) for r in rows]
-    if any(s is None for s in seconds):
-        raise ValueError(f"{path}: column 's' holds a value that is not a number")
-    cpu = [number(r, cpu_col) for r in rows] if cpu_col is not None else [None]
+    try:
+        seconds = [float(ln.split("\t")[0]) for ln in lines[1:]]
+    except ValueError:
+        raise ValueError(f"{path}: column 's' holds a value that is not a number") from None
     rel = path.relative_to(logs).as_posix()[:-len(SUFFIX)]
     rule, _, job = rel.partition("/")
-    return JobTime(rule=rule, job=job, seconds=sum(seconds) / len(seconds),
-                   cpu_seconds=None if any(c is None for c in cpu) else sum(cpu) / len(cpu))
+    return JobTime(rule=rule, job=job, seconds=sum(seconds) / len(seconds))
 
 
 def read_jobs(logs: Path) -> list[JobTime]:
