@@ -2,10 +2,9 @@
 
 Each rule writes ``results/logs/<rule>/<wildcards>.benchmark.tsv`` (its ``benchmark:``
 directive): one header line and one row per repeat, whose first column ``s`` is the job's
-wall-clock seconds. A run
-on ``cores`` cores can take no less than its job-seconds over ``cores`` (every core busy all
-the time), and no less than its longest job; the rest of a measured wall time is cores left
-idle while jobs wait on others.
+wall-clock seconds. A run on ``cores`` cores can take no less than its job-seconds over
+``cores`` (every core busy all the time), and no less than its longest job; the rest of a
+measured wall time is cores left idle while jobs wait on others.
 """
 
 from __future__ import annotations
