@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import Qwen3Config, Qwen3ForCausalLM
+from transformers import DynamicCache, Qwen3Config, Qwen3ForCausalLM
 
 from opd.train.generation import RolloutBatch, Sampling, decode, distinct_rows, position_ids
-from opd.train.pair import forward_responses, response_hidden, response_logits
+from opd.train.pair import copy_rows, forward_responses, response_hidden, response_logits
 
 V, PAD, EOS = 50, 0, 1
 
@@ -111,3 +111,30 @@ def test_activation_checkpointing_takes_the_single_pass(model):
     finally:
         model.activation_checkpointing_disable()
         model.eval()
+
+
+def test_copy_rows_matches_the_cache_own_row_selection():
+    """``copy_rows`` gives the rows ``DynamicCache.batch_select_indices`` gives, and the
+    same gradients back to the prompt's keys and values (each the sum over its copies)."""
+    rows = torch.tensor([0, 1, 0, 2, 1, 0])
+    caches, leaves = [], []
+    for _ in range(2):
+        cache = DynamicCache()
+        torch.manual_seed(0)
+        kv = [torch.randn(3, 2, 5, 4).requires_grad_() for _ in range(4)]
+        cache.update(kv[0] * 1, kv[1] * 1, 0)
+        cache.update(kv[2] * 1, kv[3] * 1, 1)
+        caches.append(cache)
+        leaves.append(kv)
+    caches[0].batch_select_indices(rows)
+    copy_rows(caches[1], rows)
+    weight = torch.randn(6, 2, 5, 4)
+    for cache in caches:
+        sum(((layer.keys + 2 * layer.values) * weight).sum() for layer in cache.layers).backward()
+    for a, b in zip(caches[0].layers, caches[1].layers):
+        assert torch.equal(a.keys, b.keys) and torch.equal(a.values, b.values)
+    for a, b in zip(*leaves):
+        torch.testing.assert_close(a.grad, b.grad)
+    # each prompt row's gradient is the sum over the rows copied from it
+    expected = torch.stack([weight[rows == i].sum(0) for i in range(3)])
+    torch.testing.assert_close(leaves[1][0].grad, expected)

@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
+from transformers.cache_utils import DynamicLayer
 
 from opd.core.models import ModelRef
 from opd.train.generation import RolloutBatch, distinct_rows, position_ids
@@ -62,6 +63,19 @@ def load_pair(student: ModelRef | str, teacher: ModelRef | str, student_weights:
     return tok, student_model, teacher_model
 
 
+def copy_rows(cache: DynamicCache, rows: torch.Tensor) -> None:
+    """``cache.batch_select_indices(rows)`` by ``index_select``: the same values, and in the
+    backward pass the same sums, which ``index_add`` forms on CPU several times faster than
+    advanced indexing's ``index_put`` with accumulation, and with several threads in the
+    same order every run (an update on 2 threads repeats bit for bit)."""
+    for layer in cache.layers:
+        if type(layer) is not DynamicLayer:  # a layer with more state keeps its own method
+            layer.batch_select_indices(rows)
+        elif layer.get_seq_length() > 0:
+            layer.keys = layer.keys.index_select(0, rows)
+            layer.values = layer.values.index_select(0, rows)
+
+
 @dataclass
 class Passes:
     """The model's outputs over a batch: ``outputs`` of one pass over whole sequences, or of
@@ -92,7 +106,7 @@ def forward_responses(model: Any, batch: RolloutBatch, logits_to_keep: int) -> P
                     attention_mask=batch.attention_mask[first, :P],
                     position_ids=positions[first, :P], past_key_values=cache, use_cache=True,
                     logits_to_keep=1)
-    cache.batch_select_indices(copies)
+    copy_rows(cache, copies)
     responses = model(input_ids=batch.input_ids[:, P:], attention_mask=batch.attention_mask,
                       position_ids=positions[:, P:], past_key_values=cache, use_cache=True,
                       logits_to_keep=max(logits_to_keep - 1, 1))
@@ -135,4 +149,4 @@ def response_hidden(model: Any, batch: RolloutBatch) -> tuple[torch.Tensor, Any]
         hook.remove()
     if copies is None:
         return seen[0][:, -(L + 1):-1], head
-    return torch.cat([seen[0][copies, -1:], seen[1][:, :-1]], 1), head
+    return torch.cat([seen[0][:, -1:].index_select(0, copies), seen[1][:, :-1]], 1), head
