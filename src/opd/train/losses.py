@@ -147,8 +147,9 @@ def _chunk_objective(stu: torch.Tensor, tea: torch.Tensor, *rest: object) -> tor
 
 @torch.no_grad()
 def _rowdot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """sum(a * b, -1) without forming the product."""
-    return torch.matmul(a.unsqueeze(-2), b.unsqueeze(-1)).squeeze(-1).squeeze(-1)
+    """sum(a * b, -1) without forming the product (a batched matrix product that ``einsum``
+    lays out several times faster on CPU than one of [1, V] x [V, 1] per row)."""
+    return torch.einsum("...v,...v->...", a, b)
 
 
 def _metrics(logp: torch.Tensor, logq: torch.Tensor, top_k: int
