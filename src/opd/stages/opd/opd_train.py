@@ -6,8 +6,9 @@ token with the teacher, and take one optimizer step on ``opd.train.losses.opd_lo
 line per step (loss, every mechanism metric, per-position buckets, lr, grad norm, response
 length, accuracy), validates periodically, checkpoints every N steps (model, optimizer, RNG,
 data position) and resumes exactly from the last checkpoint after a crash. With
-``panel_prompts``, the mechanism metrics are also taken on a fixed panel of prompts and
-rollouts before the first update and after the last (``panel/<metric>``).
+``panel_prompts``, the mechanism metrics are also taken on a fixed panel of prompts, on the
+student's own rollouts from one sampling seed, before the first update and after the last
+(``panel/<metric>``).
 
 Several processes (``accelerate launch`` or ``torchrun``; one GPU each, or CPU processes over
 gloo) run data parallel: the student is sharded over them with FSDP2 (``opd.train.parallel``:
