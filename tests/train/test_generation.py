@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from opd.stages.tiny.build_tiny_models import main as build_model
-from opd.train.generation import Sampling, decode, pick, position_ids, sample_batch
+from opd.train.generation import (Sampling, decode, pick, position_ids, sample_batch,
+                                  tokenized)
 from opd.train.qwen3_step import Qwen3Step, StepCache, attend
 from conftest import tiny_recipe
 
@@ -49,6 +50,18 @@ def test_greedy_decoding_matches_model_generate(model_and_tokenizer):
     ours = decode(model, enc["input_ids"], enc["attention_mask"],
                   Sampling(max_new_tokens=24, temperature=0.0), eos, pad)
     assert torch.equal(ours, ref)
+
+
+def test_repeated_prompts_are_tokenized_as_the_whole_batch_pads_them(model_and_tokenizer):
+    _, tok = model_and_tokenizer
+    tok.padding_side = "left"
+    prompts = _prompts(tok)
+    batch = [prompts[i] for i in (3, 0, 3, 5, 0, 3, 1, 5)]  # repeats, not grouped
+    ref = tok(batch, return_tensors="pt", padding=True, add_special_tokens=False)
+    ours = tokenized(tok, batch, "cpu")
+    assert set(ours) == {"input_ids", "attention_mask"}
+    for key in ours:
+        assert torch.equal(ours[key], ref[key])
 
 
 def test_ended_sequences_are_padded_and_masked(model_and_tokenizer):

@@ -145,16 +145,28 @@ def decode(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor,
     return tokens[:, :used]
 
 
+def tokenized(tokenizer: Any, prompts: list[str], device: Any) -> dict[str, torch.Tensor]:
+    """Left-padded ``input_ids`` and ``attention_mask`` of ``prompts``, each distinct prompt
+    tokenized once (a batch repeats every prompt for its n responses)."""
+    tokenizer.padding_side = "left"
+    distinct = list(dict.fromkeys(prompts))
+    enc = tokenizer(distinct, return_tensors="pt", padding=True, add_special_tokens=False)
+    enc = {k: enc[k] for k in ("input_ids", "attention_mask")}
+    if len(distinct) < len(prompts):
+        where = {p: i for i, p in enumerate(distinct)}
+        rows = torch.tensor([where[p] for p in prompts])
+        enc = {k: v.index_select(0, rows) for k, v in enc.items()}
+    return {k: v.to(device) for k, v in enc.items()}
+
+
 @torch.no_grad()
 def sample_batch(model: Any, tokenizer: Any, prompts: list[str], sampling: Sampling,
                  synced: bool = False) -> RolloutBatch:
     """One batch of already chat-formatted prompts sampled by ``decode`` (no repetition: n is
     1 here). ``synced``: the model is sharded over processes, which all keep stepping until
     every one has finished (``opd.train.parallel``), through ``model.generate``."""
-    tokenizer.padding_side = "left"
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
-    enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
-    enc = {k: v.to(model.device) for k, v in enc.items()}
+    enc = tokenized(tokenizer, prompts, model.device)
     if synced:
         greedy = sampling.temperature == 0
         gen = model.generate(

@@ -60,9 +60,10 @@ class StepCache:
         return self.keys[layer][:, :, :filled + 1], self.values[layer][:, :, :filled + 1]
 
     def batch_select_indices(self, rows: torch.Tensor) -> None:
-        """Keeps only the batch rows ``rows`` (sequences that ended leave)."""
-        self.keys = [k[rows] for k in self.keys]
-        self.values = [v[rows] for v in self.values]
+        """Keeps only the batch rows ``rows`` (sequences that ended leave); ``index_select``
+        copies them faster on CPU than advanced indexing, with the same values."""
+        self.keys = [k.index_select(0, rows) for k in self.keys]
+        self.values = [v.index_select(0, rows) for v in self.values]
 
 
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None,

@@ -175,19 +175,17 @@ def _validate(model: Any, tok: Any, benchmarks: dict[str, pd.DataFrame], cfg: OP
 PANEL_SEED = 0  # the panel's rollouts: one sampling seed for every seed of an experiment
 
 
-def panel_texts(prompts: pd.DataFrame, tok: Any, cfg: OPDParams, thinking: bool, world: int,
-                rank: int) -> list[str]:
-    """This process's share of the panel: the first ``panel_prompts`` prompts in file order,
-    each repeated ``responses_per_prompt`` times."""
+def panel_texts(prompts: pd.DataFrame, cfg: OPDParams, world: int, rank: int) -> list[str]:
+    """This process's share of the panel: the first ``panel_prompts`` prompts in file order
+    (chat-formatted, ``fitting_prompts``), each repeated ``responses_per_prompt`` times."""
     if cfg.panel_prompts > len(prompts):
         raise ValueError(f"opd.panel_prompts is {cfg.panel_prompts}, but the prompt set has "
                          f"{len(prompts)} prompts that fit")
     if cfg.steps is not None and cfg.steps < 2:
         raise ValueError("opd.panel_prompts needs at least 2 steps: the panel's start and end "
                          "are logged on the first and the last line")
-    mine = prompts["prompt"].iloc[local_share(list(range(cfg.panel_prompts)), world, rank)]
-    return [chat_prompt(tok, apply_template(cfg.template, p), thinking)
-            for p in mine for _ in range(cfg.responses_per_prompt)]
+    mine = prompts["chat_text"].iloc[local_share(list(range(cfg.panel_prompts)), world, rank)]
+    return [t for t in mine for _ in range(cfg.responses_per_prompt)]
 
 
 def panel_parts(student: Any, teacher: Any, tok: Any, texts: list[str], cfg: OPDParams
@@ -352,10 +350,12 @@ def make_generator(cfg: OPDParams, weights: ModelRef, rank: int) -> Any:
 
 def fitting_prompts(prompts: pd.DataFrame, tok: Any, cfg: OPDParams,
                     thinking: bool = False) -> pd.DataFrame:
-    """The prompts whose chat-formatted tokens fit ``max_prompt_tokens``; the rest are dropped
+    """The prompts whose chat-formatted tokens fit ``max_prompt_tokens``, with that text as
+    ``chat_text`` (the template applied, in the student's chat format); the rest are dropped
     (as verl's overlong-prompt filter does), and the count is printed."""
-    lengths = [len(tok(chat_prompt(tok, apply_template(cfg.template, p), thinking),
-                       add_special_tokens=False)["input_ids"]) for p in prompts["prompt"]]
+    texts = [chat_prompt(tok, apply_template(cfg.template, p), thinking)
+             for p in prompts["prompt"]]
+    lengths = [len(ids) for ids in tok(texts, add_special_tokens=False)["input_ids"]]
     keep = [n <= cfg.max_prompt_tokens for n in lengths]
     if not any(keep):
         raise SystemExit(f"every prompt is longer than opd.max_prompt_tokens "
@@ -363,7 +363,7 @@ def fitting_prompts(prompts: pd.DataFrame, tok: Any, cfg: OPDParams,
     if not all(keep):
         print(f"{len(keep) - sum(keep)} of {len(keep)} prompts are longer than "
               f"opd.max_prompt_tokens ({cfg.max_prompt_tokens}) and are left out")
-    return prompts[keep].reset_index(drop=True)
+    return prompts.assign(chat_text=texts)[keep].reset_index(drop=True)
 
 
 def train(args: argparse.Namespace) -> dict[str, Any]:
@@ -403,8 +403,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     generator = make_generator(cfg, ModelRef(str(ckpt.current), True) if resumed else args.student,
                                rank)
     benchmarks = {k: load_benchmark(v) for k, v in (args.benchmarks or {}).items()}
-    panel = (panel_texts(prompts, tok, cfg, args.student.thinking, world, rank)
-             if cfg.panel_prompts else [])
+    panel = panel_texts(prompts, cfg, world, rank) if cfg.panel_prompts else []
     sampling = Sampling(max_new_tokens=cfg.max_response_tokens, temperature=cfg.temperature,
                         top_p=1.0, seed=cfg.seed)
     n_resp = cfg.responses_per_prompt
@@ -415,8 +414,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         before = panel_parts(student, teacher, tok, panel, cfg) if panel and step == 0 else None
         t0 = time.time()
         rows = prompts.iloc[local_share(order.take(cfg.prompts_per_step), world, rank)]
-        texts = [chat_prompt(tok, apply_template(cfg.template, p), args.student.thinking)
-                 for p in rows["prompt"] for _ in range(n_resp)]
+        texts = [t for t in rows["chat_text"] for _ in range(n_resp)]
         answers = [a for a in rows["answer"] for _ in range(n_resp)]
         if generator is None:
             student.eval()
