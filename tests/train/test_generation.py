@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from opd.stages.tiny.build_tiny_models import main as build_model
-from opd.train.generation import (Sampling, decode, pick, position_ids, sample_batch,
-                                  tokenized)
+from opd.train.generation import (NUCLEUS_CANDIDATES, Sampling, decode, nucleus, pick,
+                                  position_ids, sample_batch, tokenized)
 from opd.train.qwen3_step import Qwen3Step, StepCache, attend
 from conftest import tiny_recipe
 
@@ -99,6 +99,44 @@ def test_sampling_follows_the_tempered_nucleus_distribution(temperature, top_p):
     freq = torch.bincount(draws, minlength=len(p)).double() / n
     for f, e in zip(freq.tolist(), expected):
         assert abs(f - e) <= 4 * math.sqrt(max(e * (1 - e), 1e-12) / n) + 1e-9, (freq, expected)
+
+
+def _nucleus_by_hand(row: list[float], top_p: float) -> list[float]:
+    kept, mass = set(), 0.0
+    for i in sorted(range(len(row)), key=lambda i: -row[i]):
+        if mass >= top_p:
+            break
+        kept.add(i)
+        mass += row[i]
+    return [p if i in kept else 0.0 for i, p in enumerate(row)]
+
+
+def test_nucleus_keeps_the_most_probable_tokens_until_their_mass_reaches_top_p():
+    torch.manual_seed(0)
+    vocab = 4 * NUCLEUS_CANDIDATES
+    # peaked rows close their nucleus among a few candidates; flat ones need most of the
+    # vocabulary, more tokens than the candidates
+    peaked = torch.softmax(torch.randn(6, vocab, dtype=torch.float64) * 6, -1)
+    flat = torch.softmax(torch.randn(3, vocab, dtype=torch.float64) * 0.1, -1)
+    for probs in (peaked, flat, torch.cat([peaked, flat])):
+        for top_p in (0.5, 0.9, 0.99):
+            got = nucleus(probs, top_p)
+            expected = torch.tensor([_nucleus_by_hand(r, top_p) for r in probs.tolist()],
+                                    dtype=torch.float64)
+            assert torch.equal(got, expected), (top_p, (got != expected).sum())
+    assert (nucleus(flat, 0.9) > 0).sum(-1).min() > NUCLEUS_CANDIDATES
+
+
+def test_nucleus_with_equal_probabilities_at_its_edge_keeps_as_many_as_the_mass_needs():
+    # three tokens of 1/8 after 3/8 and 1/4: reaching 0.7 needs one of them, 0.8 two
+    row = [0.375, 0.25, 0.125, 0.125, 0.125] + [0.0] * (2 * NUCLEUS_CANDIDATES)
+    probs = torch.tensor([row, row[2:] + row[:2]], dtype=torch.float64)
+    for top_p, ties_kept in ((0.7, 1), (0.8, 2), (0.9, 3)):
+        got = nucleus(probs, top_p)
+        for r, shift in zip(got.tolist(), (0, 2)):
+            r = r[-shift:] + r[:-shift] if shift else r
+            assert r[:2] == [0.375, 0.25] and sum(r[5:]) == 0.0
+            assert sorted(r[2:5]) == [0.0] * (3 - ties_kept) + [0.125] * ties_kept
 
 
 def test_greedy_pick_is_the_argmax():

@@ -46,13 +46,18 @@ def _equal(boxed: str, gold: str, timeout_seconds: int) -> bool:
     """math-verify's verdict on two answer strings; it depends on the strings alone, and a
     batch of rollouts repeats the same few answers many times."""
     try:
-        pred = parse("$" + boxed + "$",
-                     extraction_config=[LatexExtractionConfig(), ExprExtractionConfig()],
-                     parsing_timeout=timeout_seconds)
-        target = parse("$" + gold + "$",
-                       extraction_config=[LatexExtractionConfig(), ExprExtractionConfig()],
-                       parsing_timeout=timeout_seconds)
-        return bool(pred) and bool(target) and bool(verify(target, pred,
+        pred = _parsed(boxed, timeout_seconds)
+        target = _parsed(gold, timeout_seconds)
+        return bool(pred) and bool(target) and bool(verify(list(target), list(pred),
                                                             timeout_seconds=timeout_seconds))
     except Exception:  # math-verify raises on pathological input; that answer is wrong
         return False
+
+
+@lru_cache(maxsize=65536)
+def _parsed(answer: str, timeout_seconds: int) -> tuple:
+    """math-verify's parse of one answer string: a gold answer is met with many different
+    responses, and a response's answer with many golds, so each string is parsed once."""
+    return tuple(parse("$" + answer + "$",
+                       extraction_config=[LatexExtractionConfig(), ExprExtractionConfig()],
+                       parsing_timeout=timeout_seconds))

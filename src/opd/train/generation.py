@@ -82,18 +82,41 @@ def distinct_rows(ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, 
     return as_index(first), as_index(copies)
 
 
+# the most probable tokens a row's nucleus is looked for in before the whole vocabulary is sorted
+NUCLEUS_CANDIDATES = 64
+
+
+def nucleus(probs: torch.Tensor, top_p: float) -> torch.Tensor:
+    """``probs`` [N, V] with every token outside its row's nucleus set to 0: the nucleus is
+    the smallest set of most probable tokens whose mass reaches ``top_p`` (a token goes when
+    the tokens more probable than it already reach it; the most probable one always stays).
+
+    The nucleus is looked for among each row's ``NUCLEUS_CANDIDATES`` most probable tokens,
+    which is much cheaper than sorting the vocabulary. Where a row's nucleus does not close
+    among them, or the last token kept ties with the first token dropped (an order among
+    equal probabilities would choose), the whole vocabulary is sorted. Both ways give the
+    same tensor: the same values in the same order, summed by the same prefix sums."""
+    k = min(NUCLEUS_CANDIDATES, probs.shape[-1])
+    top, order = probs.topk(k, dim=-1)
+    drop = top.cumsum(-1) - top >= top_p
+    kept = (~drop).sum(-1, keepdim=True)          # >= 1: the first token is never dropped
+    closed = drop[:, -1]
+    last_kept = top.gather(-1, kept - 1).squeeze(-1)
+    first_dropped = top.gather(-1, kept.clamp_max(k - 1)).squeeze(-1)
+    if not bool((closed & (last_kept > first_dropped)).all()):
+        top, order = probs.sort(-1, descending=True)
+        drop = top.cumsum(-1) - top >= top_p
+    return torch.zeros_like(probs).scatter_(-1, order, top.masked_fill(drop, 0.0))
+
+
 def pick(logits: torch.Tensor, temperature: float, top_p: float) -> torch.Tensor:
     """The next token of each row of ``logits`` [N, V]: the argmax at temperature 0, else a
-    draw from softmax(logits / temperature) restricted to the smallest set of most probable
-    tokens whose mass reaches ``top_p`` (the most probable token always stays)."""
+    draw from softmax(logits / temperature) restricted to the ``nucleus`` of ``top_p``."""
     if temperature == 0:
         return logits.argmax(-1)
     probs = torch.softmax(logits.float() / temperature, dim=-1)
     if top_p < 1.0:
-        sorted_p, order = probs.sort(-1, descending=True)
-        # a token goes when the tokens more probable than it already reach top_p
-        sorted_p = sorted_p.masked_fill(sorted_p.cumsum(-1) - sorted_p >= top_p, 0.0)
-        probs = torch.zeros_like(probs).scatter_(-1, order, sorted_p)
+        probs = nucleus(probs, top_p)
     cdf = probs.cumsum(-1)
     u = torch.rand(cdf.shape[0], 1, dtype=cdf.dtype, device=cdf.device) * cdf[:, -1:]
     return torch.searchsorted(cdf, u, right=True).squeeze(1).clamp_max(cdf.shape[1] - 1)
