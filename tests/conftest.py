@@ -85,12 +85,8 @@ def _descendants(pid: int) -> list[int]:
     return out
 
 
-def kill_when(proc: subprocess.Popen, ready, timeout: float = 600) -> None:
-    """SIGKILL ``proc`` (started with ``start_new_session=True``) and every process below it
-    as soon as ``ready()`` holds; fails if the process finished first."""
-    deadline = time.time() + timeout
-    while not ready() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.02)
+def _stop(proc: subprocess.Popen) -> None:
+    """SIGKILL ``proc`` (started with ``start_new_session=True``) and every process below it."""
     below = _descendants(proc.pid)
     os.killpg(proc.pid, signal.SIGKILL)
     for pid in below:
@@ -99,6 +95,15 @@ def kill_when(proc: subprocess.Popen, ready, timeout: float = 600) -> None:
         except ProcessLookupError:
             pass
     proc.wait()
+
+
+def kill_when(proc: subprocess.Popen, ready, timeout: float = 600) -> None:
+    """SIGKILL ``proc`` (started with ``start_new_session=True``) and every process below it
+    as soon as ``ready()`` holds; fails if the process finished first."""
+    deadline = time.time() + timeout
+    while not ready() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    _stop(proc)
     assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
 
 
@@ -137,14 +142,41 @@ def run_snakemake(args: list[str], cwd: Path, timeout: int = 300) -> subprocess.
     return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _tiny_pipeline(request, tmp_path_factory):
+    """The whole default tiny pipeline, started through Snakemake in a scratch copy of the
+    workflow when the session begins, if a collected test reads it (``finished_run``): the
+    other tests run meanwhile, on the cores its jobs leave idle. Stopped at the session's end
+    if still running. Yields the scratch copy and the process, or None."""
+    needed = any("finished_run" in getattr(item, "fixturenames", ())
+                 for item in request.session.items)
+    if not needed or os.environ.get("OPD_TINY_RUN"):
+        yield None
+        return
+    work = copy_workflow(tmp_path_factory.mktemp("e2e"))
+    cmd, env = snakemake_command(["--cores", "2"])
+    with open(work / "pipeline.log", "w") as log:
+        proc = subprocess.Popen(cmd, cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    try:
+        yield work, proc
+    finally:
+        if proc.poll() is None:
+            _stop(proc)
+
+
 @pytest.fixture(scope="session")
-def finished_run(tmp_path_factory) -> Path:
-    """The whole default tiny pipeline, run once through Snakemake in a scratch copy of the
-    workflow (slow: the end-to-end tests and the vLLM tests read its results).
+def finished_run(_tiny_pipeline) -> Path:
+    """The finished tiny pipeline's scratch copy (slow: the end-to-end tests and the vLLM
+    tests read its results); it waits for the run ``_tiny_pipeline`` started.
     ``OPD_TINY_RUN=<dir>`` reads a finished run's scratch copy instead (development)."""
     if os.environ.get("OPD_TINY_RUN"):
         return Path(os.environ["OPD_TINY_RUN"])
-    work = copy_workflow(tmp_path_factory.mktemp("e2e"))
-    proc = run_snakemake(["--cores", "2"], work, timeout=3600)
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    work, proc = _tiny_pipeline
+    try:
+        proc.wait(timeout=3600)
+    except subprocess.TimeoutExpired:
+        _stop(proc)
+    log = (work / "pipeline.log").read_text()
+    assert proc.returncode == 0, log[-4000:]
     return work
