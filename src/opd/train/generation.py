@@ -94,8 +94,9 @@ def nucleus(probs: torch.Tensor, top_p: float) -> torch.Tensor:
     The nucleus is looked for among each row's ``NUCLEUS_CANDIDATES`` most probable tokens,
     which is much cheaper than sorting the vocabulary. Where a row's nucleus does not close
     among them, or the last token kept ties with the first token dropped (an order among
-    equal probabilities would choose), the whole vocabulary is sorted. Both ways give the
-    same tensor: the same values in the same order, summed by the same prefix sums."""
+    equal probabilities would choose), the whole vocabulary is sorted. Both ways sum the
+    same probabilities in the same order; on CPU, where a prefix sum does not depend on what
+    follows it, they give the same tensor bit for bit."""
     k = min(NUCLEUS_CANDIDATES, probs.shape[-1])
     top, order = probs.topk(k, dim=-1)
     drop = top.cumsum(-1) - top >= top_p
