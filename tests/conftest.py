@@ -145,9 +145,9 @@ def run_snakemake(args: list[str], cwd: Path, timeout: int = 300) -> subprocess.
 @pytest.fixture(scope="session", autouse=True)
 def _tiny_pipeline(request, tmp_path_factory):
     """The whole default tiny pipeline, started through Snakemake in a scratch copy of the
-    workflow when the session begins, if a collected test reads it (``finished_run``): the
-    other tests run meanwhile, on the cores its jobs leave idle. Stopped at the session's end
-    if still running. Yields the scratch copy and the process, or None."""
+    workflow when the session begins, if a collected test reads it (``finished_run``), so
+    that the other tests run alongside its jobs instead of before or after them. Stopped at
+    the session's end if still running. Yields the scratch copy and the process, or None."""
     needed = any("finished_run" in getattr(item, "fixturenames", ())
                  for item in request.session.items)
     if not needed or os.environ.get("OPD_TINY_RUN"):
