@@ -81,3 +81,43 @@ def test_holdout_split_against_a_plain_count():
     assert holdout_split(40, 0.05, seed=3) == (train, held)
     assert holdout_split(40, 0.0, seed=3) == (list(range(40)), [])
     assert len(holdout_split(5, 0.05, seed=0)[1]) == 1      # at least one when asked
+
+
+def test_assistant_token_loss_against_a_plain_loop_and_the_models_own_loss(tok):
+    import torch
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    from opd.train.sft import assistant_token_loss
+
+    torch.manual_seed(0)
+    model = Qwen3ForCausalLM(Qwen3Config(
+        vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=2, num_key_value_heads=1, head_dim=16, tie_word_embeddings=True,
+        pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id))
+    chats = [[{"role": "user", "content": q}, {"role": "assistant", "content": a}]
+             for q, a in [("Start with 4. Add 3.", "4 + 3 = 7\n\\boxed{7}"),
+                          ("Start with 12. Subtract 5. Double it.", "12 - 5 = 7\n7 * 2 = 14"),
+                          ("Q?", "A.")]]
+    batch = collate([encode_chat(tok, c) for c in chats], tok.pad_token_id)
+    assert (batch["attention_mask"] == 0).any()          # padding is in the batch
+
+    def grads(loss):
+        model.zero_grad()
+        loss.backward()
+        return [p.grad.clone() for p in model.parameters()]
+
+    ours = assistant_token_loss(model, batch)
+    ours_grads = grads(ours)
+    # a plain loop over every labelled token of the full logits
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    terms = [-torch.log_softmax(logits[b, t - 1], -1)[batch["labels"][b, t]]
+             for b in range(len(chats)) for t in range(1, batch["labels"].shape[1])
+             if batch["labels"][b, t] != IGNORE]
+    plain = torch.stack(terms).mean()
+    plain_grads = grads(plain)
+    own = model(**batch).loss
+    assert len(terms) == int((batch["labels"] != IGNORE).sum())
+    torch.testing.assert_close(ours, plain, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(ours, own.detach(), rtol=1e-5, atol=1e-6)
+    for a, b in zip(ours_grads, plain_grads):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)

@@ -4,8 +4,9 @@
 tokenizer's own chat template and labels that cover only the assistant reply and its end of
 turn; everything else is -100. ``holdout_split`` sets a seeded share of the examples aside
 for an evaluation loss. ``length_grouped_batches`` makes batches of similar length in a
-seeded order, so padding stays small without sorting the whole epoch. Learning-rate
-schedules live in the training core (``opd.train.trainer``).
+seeded order, so padding stays small without sorting the whole epoch.
+``assistant_token_loss`` is the causal-LM loss with the LM head applied only where a label is
+predicted. Learning-rate schedules live in the training core (``opd.train.trainer``).
 """
 
 from __future__ import annotations
@@ -48,6 +49,21 @@ def encode_chat(tokenizer: Any, messages: list[dict[str, str]],
     if max_length is not None:
         ids, labels = ids[:max_length], labels[:max_length]
     return ids, labels
+
+
+def assistant_token_loss(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """``model(**batch).loss`` (the token mean of the cross-entropy over the labelled
+    positions) with the LM head and the softmax applied only at the positions that predict a
+    label: the prompt and padding positions, most of a short chat's, never become logits.
+
+    For a single-process causal LM with a linear head (the tiny-model builder); a sharded model
+    gathers its head inside its own forward pass, so it keeps ``model(**batch).loss``."""
+    hidden = model.base_model(input_ids=batch["input_ids"],
+                              attention_mask=batch["attention_mask"]).last_hidden_state
+    targets = batch["labels"][:, 1:]
+    keep = targets != IGNORE
+    logits = model.get_output_embeddings()(hidden[:, :-1][keep])
+    return torch.nn.functional.cross_entropy(logits.float(), targets[keep])
 
 
 def holdout_split(n: int, ratio: float, seed: int) -> tuple[list[int], list[int]]:

@@ -6,7 +6,7 @@ difficulty levels it sees, the number of steps, and optionally a model to start 
 student on the student's own data; an init with fewer layers than the recipe's arch is grown
 to it, a larger model of the same family). Training examples are generated on the fly from the
 world's problem generator, never using a held-out (benchmark or probe) problem. The loss
-covers assistant tokens only. The run uses the training core: warm-up + cosine to 10% of the
+covers assistant tokens only, and only their positions get logits. The run uses the training core: warm-up + cosine to 10% of the
 peak rate, a JSONL log (copied into the model directory as ``train_log.jsonl``) and
 checkpoints in ``<out>.partial/`` from which a killed build resumes exactly.
 
@@ -36,7 +36,7 @@ from opd.core.config import typed
 from opd.core.io import atomic_dir
 from opd.core.prompts import EVAL_SUFFIX
 from opd.core.schemas import DAPO_PREFIX, DAPO_SUFFIX
-from opd.train.sft import collate, encode_chat, grouped_by_length
+from opd.train.sft import assistant_token_loss, collate, encode_chat, grouped_by_length
 from opd.train.trainer import (Checkpoint, RunLog, load_torch_state, lr_at, rng_state,
                                run_identity, save_torch_state, set_lr, set_rng_state)
 from opd.tiny.problems import FRAME_POOLS, SCENARIOS, render, sample_problem, solution
@@ -192,7 +192,7 @@ def train(recipe: Recipe, tokenizer: Any, heldout: set[tuple], init: Path | None
         lr = lr_at(step, recipe.lr, recipe.steps, "cosine", recipe.warmup_ratio, LR_FLOOR)
         set_lr(opt, lr)
         batch = encode_batch(tokenizer, next(batches))
-        loss = model(**batch).loss
+        loss = assistant_token_loss(model, batch)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
