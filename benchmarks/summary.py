@@ -7,6 +7,7 @@ from pathlib import Path
 TITLES = {
     "opd_loss_memory": "OPD loss: peak memory and time at vocabulary 151,936, hidden 1,536 "
                        "(from hidden states vs logits chunked vs naive)",
+    "build_step": "Tiny-model build steps: logits at assistant positions vs every position",
     "opd_step_vs_trl": "One on-policy OPD step with generation on the tiny pair (ours vs TRL)",
     "pipeline_wall_time": "Tiny pipeline wall time (one seed, three seeds) and no-op rerun",
     "seed_agreement": "Claim verdicts with two disjoint seed sets",

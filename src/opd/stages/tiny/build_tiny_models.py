@@ -212,6 +212,12 @@ def train(recipe: Recipe, tokenizer: Any, heldout: set[tuple], init: Path | None
     return model, stats
 
 
+def heldout_problems(world: Path) -> set[tuple]:
+    """The world's held-out (benchmark and probe) problems as (start, steps) keys."""
+    return {(s, tuple(tuple(op) for op in ops))
+            for s, ops in json.loads((world / "heldout.json").read_text())}
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--world", type=Path, required=True)
@@ -220,8 +226,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--init", type=Path, default=None, help="model directory to continue from")
     args = parse_stage_args(ap, argv, threads=1, params_help="model recipe as JSON")
     tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
-    heldout = {(s, tuple(tuple(op) for op in ops))
-               for s, ops in json.loads((args.world / "heldout.json").read_text())}
+    heldout = heldout_problems(args.world)
     recipe = typed(Recipe, args.params, "tiny_models.models")
     work = args.out.with_name(args.out.name + ".partial")
     identity = run_identity(args.params, {"init": args.init, "tokenizer": args.tokenizer,
