@@ -6,7 +6,7 @@ loss: LM head and softmax only where a label is predicted) and once with the mod
 ``model(**batch).loss`` (logits at every position), the two sides alternating ``--rounds``
 times. Both sides see the same seeded batches; their loss logs must agree to 1e-4.
 
-    python benchmarks/build_step.py [--model student] [--steps 120] [--rounds 2]
+    python benchmarks/build_step.py [--model student] [--steps 120] [--rounds 4]
 
 Needs the tiny models (make run). Writes results/benchmarks/build_step.json and .md.
 """
@@ -35,10 +35,9 @@ SIDES = {"assistant positions": assistant_token_loss,
 def run_side(loss_fn, recipe, tok, heldout, init: Path | None, work: Path
              ) -> tuple[float, list[float]]:
     """Seconds for the recipe's steps with ``loss_fn`` as the builder's loss, and the losses."""
-    builder.assistant_token_loss = loss_fn
     shutil.rmtree(work, ignore_errors=True)
     t0 = time.perf_counter()
-    builder.train(recipe, tok, heldout, init, work, {"benchmark": work.name})
+    builder.train(recipe, tok, heldout, init, work, {"benchmark": work.name}, loss_fn)
     seconds = time.perf_counter() - t0
     lines = [json.loads(line) for line in (work / "train_log.jsonl").open() if line.strip()]
     losses = [line["loss"] for line in lines if "loss" in line]
@@ -51,7 +50,7 @@ def main() -> None:
     ap.add_argument("--world", type=Path, default=Path("results/world/tiny"))
     ap.add_argument("--model", default="student")
     ap.add_argument("--steps", type=int, default=120)
-    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--out", type=Path, default=Path("results/benchmarks"))
     args = ap.parse_args()
     recipe_file = args.models / args.model / "recipe.json"

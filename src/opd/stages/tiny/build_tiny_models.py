@@ -6,9 +6,10 @@ difficulty levels it sees, the number of steps, and optionally a model to start 
 student on the student's own data; an init with fewer layers than the recipe's arch is grown
 to it, a larger model of the same family). Training examples are generated on the fly from the
 world's problem generator, never using a held-out (benchmark or probe) problem. The loss
-covers assistant tokens only, and only their positions get logits. The run uses the training core: warm-up + cosine to 10% of the
-peak rate, a JSONL log (copied into the model directory as ``train_log.jsonl``) and
-checkpoints in ``<out>.partial/`` from which a killed build resumes exactly.
+covers assistant tokens only, and only their positions get logits. The run uses the training
+core: warm-up + cosine to 10% of the peak rate, a JSONL log (copied into the model directory
+as ``train_log.jsonl``) and checkpoints in ``<out>.partial/`` from which a killed build
+resumes exactly.
 
     python -m opd.stages.tiny.build_tiny_models --world W --tokenizer T --out results/models/tiny/NAME \
         --params '{"arch": {...}, "pattern": "chain", ...}' [--init results/models/tiny/BASE]
@@ -21,7 +22,7 @@ import json
 import random
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,7 @@ from opd.tiny.problems import FRAME_POOLS, SCENARIOS, render, sample_problem, so
 
 WRAPPERS = {"default": ("", EVAL_SUFFIX), "none": ("", ""), "dapo": (DAPO_PREFIX, DAPO_SUFFIX)}
 LR_FLOOR = 0.1  # the cosine decays to 10% of the peak rate
+LossFn = Callable[[Any, dict[str, torch.Tensor]], torch.Tensor]
 
 
 @dataclass
@@ -161,10 +163,12 @@ def initial_model(recipe: Recipe, tokenizer: Any, init: Path | None) -> Qwen3For
 
 
 def train(recipe: Recipe, tokenizer: Any, heldout: set[tuple], init: Path | None,
-          work: Path, identity: dict[str, Any]) -> tuple[Qwen3ForCausalLM, dict[str, Any]]:
+          work: Path, identity: dict[str, Any], loss_fn: LossFn = assistant_token_loss
+          ) -> tuple[Qwen3ForCausalLM, dict[str, Any]]:
     """Train in ``work`` (log and checkpoint); a checkpoint of the same ``identity`` (recipe,
     content of the initial weights, tokenizer and world, code) is resumed, replaying the
-    seeded example stream to its position."""
+    seeded example stream to its position. ``loss_fn(model, batch)`` is the training loss
+    (a benchmark passes the model's own to compare)."""
     torch.manual_seed(recipe.seed)
     ckpt = Checkpoint(work / "checkpoint", identity)
     resumed = ckpt.find()
@@ -192,7 +196,7 @@ def train(recipe: Recipe, tokenizer: Any, heldout: set[tuple], init: Path | None
         lr = lr_at(step, recipe.lr, recipe.steps, "cosine", recipe.warmup_ratio, LR_FLOOR)
         set_lr(opt, lr)
         batch = encode_batch(tokenizer, next(batches))
-        loss = assistant_token_loss(model, batch)
+        loss = loss_fn(model, batch)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
