@@ -15,8 +15,8 @@ pytestmark = pytest.mark.slow
 
 
 def test_every_model_has_a_card_and_the_table_exists(finished_run):
-    cfg_models = ["base", "student", "teacher_strong", "teacher_nonew", "teacher_mismatch",
-                  "teacher_large", "teacher_template"]
+    cfg_models = ["base", "student", "teacher_strong", "teacher_long", "teacher_nonew",
+                  "teacher_mismatch", "teacher_large", "teacher_template"]
     for m in cfg_models:
         card = json.loads((finished_run / f"results/models/tiny/{m}.card.json").read_text())
         assert set(card["benchmarks"]) == {"aime24", "aime25", "amc23"}
@@ -57,15 +57,16 @@ def test_diagnosis_tells_compatible_from_mismatched_teacher(finished_run):
 
 
 def test_group_tables_figures_and_claims(finished_run):
-    groups = ("thinking_pattern", "new_capability", "weak_to_strong", "objectives", "rescue",
-              "prompts", "template")
+    groups = ("thinking_pattern", "new_capability", "weak_to_strong", "objectives",
+              "long_horizon", "rescue", "prompts", "template")
     for g in groups:
         df = pd.read_csv(finished_run / f"results/tables/{g}.csv")
         assert len(df) >= 2 and df["accuracy_final"].between(0, 1).all()
         assert (finished_run / f"results/tables/{g}.md").read_text().startswith("# ")
         png = (finished_run / f"results/figures/{g}.png").read_bytes()
         assert png[:4] == b"\x89PNG"
-    assert (finished_run / "results/figures/long_horizon_strong_topk.png").exists()
+    for exp in ("strong_topk", "long_teacher"):
+        assert (finished_run / f"results/figures/long_horizon_{exp}.png").exists()
     summary = (finished_run / "results/tables/README.md").read_text()
     claims = json.loads((finished_run / "results/tables/claims.json").read_text())
     seeds = claims["seeds"]
