@@ -99,9 +99,13 @@ def test_group_tables_figures_and_claims(finished_run):
     # fifths of it, interval included, on both sets in another)
     assert verdicts["the two teachers look alike to the strong student (initial overlap within "
                     "0.05)"] == "holds"
-    # not asserted: the two long-horizon claims held on seeds 0-2 and 3-5 in one world, but in
-    # a world built from other seeds one seed's late reverse KL was only 0.016 above its early
-    # one and both came out inconclusive
+    # a teacher that knows what the student knows and continues chains past its three steps:
+    # at the end of training the reverse KL after the first bucket of positions was 0.27 to
+    # 0.56 above the first bucket's on every seed of 0-5 in one world and of 0-2 in a world
+    # built from other seeds, the overlap-token advantage 0.02 to 0.04 below
+    assert verdicts["at the end of training the reverse KL is higher at late response positions "
+                    "than at early ones"] == "holds"
+    assert verdicts["... and the overlap-token advantage lower"] == "holds"
     # not asserted: "the teacher without new knowledge gives ~no gain (within 0.03)" held in one
     # world on both seed sets; in others a seed lost 0.036, or the runs gained about +0.03
     pattern = pd.read_csv(finished_run / "results/tables/thinking_pattern.csv")
