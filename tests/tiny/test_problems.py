@@ -106,3 +106,29 @@ def test_one_fact_allows_a_step_from_one_value_only():
 def test_bad_allowed_steps(allowed):
     with pytest.raises(ValueError, match="allowed steps"):
         sample_problem(random.Random(0), 2, allowed)
+
+
+def test_doubled_triples_keep_every_other_step_and_stay_in_range():
+    from opd.tiny.problems import doubled_triples
+
+    rng = random.Random(7)
+    seen = {0.0: 0, 1.0: 0}
+    for _ in range(300):
+        p = sample_problem(rng, rng.randint(1, 4))
+        for share in (0.0, 1.0):
+            values = doubled_triples(p, random.Random(1), share)
+            if share == 1.0:
+                assert values == p.values()
+            if values is None:
+                continue
+            seen[share] += 1
+            value = p.start
+            for (op, b), got in zip(p.ops, values[1:]):
+                value = value * 2 if (op, b) == ("*", 3) and share == 0.0 else \
+                    eval(f"{value}{op}{b}")  # noqa: S307 - digits only
+                assert got == value
+            lines = solution(p, "chain", values).splitlines()
+            assert lines[-1] == f"The answer is \\boxed{{{values[-1]}}}."
+    assert seen[0.0] > 100 and seen[1.0] == 300
+    with pytest.raises(ValueError, match="one value per step"):
+        solution(sample_problem(rng, 2), "chain", [1, 2])

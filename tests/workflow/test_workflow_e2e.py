@@ -96,7 +96,8 @@ def test_group_tables_figures_and_claims(finished_run):
     assert verdicts["the teacher-aligned template starts with higher overlap"] == "holds"
     # two teachers of one lineage, one grown larger, look alike to the strong student (the
     # difference is a tenth of the tolerance on two seed sets in one world, and within two
-    # fifths of it, interval included, on both sets in another)
+    # fifths of it, interval included, on both sets in another, and within a third of it in a
+    # third)
     assert verdicts["the two teachers look alike to the strong student (initial overlap within "
                     "0.05)"] == "holds"
     # a teacher that knows what the student knows and continues chains past its three steps:
@@ -106,8 +107,10 @@ def test_group_tables_figures_and_claims(finished_run):
     assert verdicts["at the end of training the reverse KL is higher at late response positions "
                     "than at early ones"] == "holds"
     assert verdicts["... and the overlap-token advantage lower"] == "holds"
-    # not asserted: "the teacher without new knowledge gives ~no gain (within 0.03)" held in one
-    # world on both seed sets; in others a seed lost 0.036, or the runs gained about +0.03
+    # a teacher trained further on the student's own data, tripling right as seldom as the
+    # student: its runs gained -0.005 to +0.009 on every seed of 0-5 in one world and of 0-2 in
+    # another, whose tokenizer was trained on other texts
+    assert verdicts["the teacher without new knowledge gives ~no gain (within 0.03)"] == "holds"
     pattern = pd.read_csv(finished_run / "results/tables/thinking_pattern.csv")
     assert sorted(set(pattern["seed"])) == seeds
 

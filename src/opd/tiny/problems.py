@@ -93,7 +93,8 @@ class Problem:
 
     @property
     def triples(self) -> bool:
-        """Whether a step multiplies by 3 (the new capability; the student knows only 1 * 3)."""
+        """Whether a step multiplies by 3 (the new capability; the student gets it right one time
+        in ten)."""
         return ("*", 3) in self.ops
 
 
@@ -105,6 +106,18 @@ def _apply(a: int, op: str, b: int) -> int:
     if op == "*":
         return a * b
     raise ValueError(f"unknown operation {op!r}")
+
+
+def doubled_triples(problem: Problem, rng: random.Random, right_share: float
+                    ) -> list[int] | None:
+    """Running values of ``problem`` where each ``*3`` step is solved right with probability
+    ``right_share`` and otherwise doubled (``x * 3 = 2x``, the later steps continuing from the
+    wrong value); None when a later value leaves [0, MAX_VALUE]."""
+    out = [problem.start]
+    for op, b in problem.ops:
+        wrong = (op, b) == ("*", 3) and rng.random() >= right_share
+        out.append(_apply(out[-1], op, 2 if wrong else b))
+    return out if all(0 <= v <= MAX_VALUE for v in out) else None
 
 
 def _legal_steps(value: int, allowed: tuple[str, ...] = OPS) -> list[tuple[str, int]]:
@@ -182,9 +195,13 @@ FRAME_POOLS = {"story": (0, 1), "abstract": (2, 3), "contest": (4, 5)}
 
 
 # ---------------------------------------------------------------- solutions
-def solution(problem: Problem, pattern: str) -> str:
-    """Step-by-step solution text in the given thinking pattern."""
-    vals = problem.values()
+def solution(problem: Problem, pattern: str, values: list[int] | None = None) -> str:
+    """Step-by-step solution text in the given thinking pattern; ``values`` (the start, then
+    the value after each step) replaces the right ones, to write a solution with mistakes."""
+    vals = problem.values() if values is None else values
+    if len(vals) != problem.difficulty + 1:
+        raise ValueError(f"values must hold the start and one value per step "
+                         f"({problem.difficulty + 1}), got {len(vals)}")
     if pattern == "chain":
         lines = [f"{a} {op} {b} = {c}" for (op, b), a, c in zip(problem.ops, vals, vals[1:])]
         lines.append(f"The answer is \\boxed{{{vals[-1]}}}.")

@@ -69,11 +69,42 @@ def test_stream_never_yields_heldout_problems():
         if p.start != 1:
             heldout.add((p.start, p.ops))
     recipe = SimpleNamespace(difficulty=[1, 1], pattern="chain", ops=["+", "-", "*"],
+                             triple_right=1.0,
                              wrappers=[{"name": "none", "weight": 1.0, "pattern": None}])
     stream = ExampleStream(recipe, heldout, seed=1)
     for _ in range(100):
         _, response = next(stream)
         assert response.startswith("1 ")
+
+
+def test_stream_doubles_the_share_of_triples_it_does_not_solve_right():
+    # every *3 line of a solution is read back and checked by plain arithmetic: right (3x) in
+    # about the recipe's share, doubled (2x) otherwise; every other line is right, and each line
+    # starts from the value the line before it wrote
+    recipe = SimpleNamespace(difficulty=[1, 3], pattern="chain", ops=["+", "-", "*2", "*3"],
+                             triple_right=0.25,
+                             wrappers=[{"name": "none", "weight": 1.0, "pattern": None}])
+    stream = ExampleStream(recipe, set(), seed=0)
+    right = doubled = 0
+    for _ in range(4000):
+        prompt, response = next(stream)
+        lines = response.splitlines()
+        value = None
+        for line in lines[:-1]:
+            a, op, b, eq, c = line.split()
+            a, b, c = int(a), int(b), int(c)
+            assert eq == "=" and (value is None or a == value) and 0 <= c <= 30
+            if (op, b) == ("*", 3):
+                assert c in (3 * a, 2 * a)
+                right += c == 3 * a
+                doubled += c == 2 * a and a > 0
+            else:
+                assert c == {"+": a + b, "-": a - b, "*": a * b}[op]
+            value = c
+        assert lines[-1] == f"The answer is \\boxed{{{value}}}."
+    share = right / (right + doubled)
+    assert right + doubled > 300
+    assert abs(share - 0.25) < 4 * (0.25 * 0.75 / (right + doubled)) ** 0.5, (right, doubled)
 
 
 def test_stream_draws_wrappers_by_weight_each_answered_in_its_pattern():
@@ -97,7 +128,8 @@ def test_stream_draws_wrappers_by_weight_each_answered_in_its_pattern():
         sd = (share * (1 - share) / n) ** 0.5
         assert abs(counts[kind] / n - share) < 4 * sd, (kind, counts)
     # a model whose reasoning depends on its template: chain in DAPO's wording, tally elsewhere
-    split = SimpleNamespace(difficulty=[1, 3], pattern="chain", ops=["+", "-", "*"], wrappers=[
+    split = SimpleNamespace(difficulty=[1, 3], pattern="chain", ops=["+", "-", "*"],
+                            triple_right=1.0, wrappers=[
         {"name": "dapo", "weight": 1.0, "pattern": None},
         {"name": "default", "weight": 1.0, "pattern": "tally"}])
     stream = ExampleStream(split, set(), seed=0)

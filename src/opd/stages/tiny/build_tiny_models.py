@@ -1,7 +1,8 @@
 """Build one tiny Qwen3-architecture causal LM of the tiny world by a short supervised run.
 
 Each model follows a *recipe* from config: an architecture size, a thinking pattern, the
-difficulty levels it sees, the number of steps, and optionally a model to start from (so a
+difficulty levels and operations it sees (and how often its solutions get a ``*3`` step right,
+the others doubled), the number of steps, and optionally a model to start from (so a
 "distilled student" continues its base, and the "no new knowledge" teacher continues the
 student on the student's own data; an init with fewer layers than the recipe's arch is grown
 to it, a larger model of the same family). Training examples are generated on the fly from the
@@ -40,7 +41,8 @@ from opd.core.schemas import DAPO_PREFIX, DAPO_SUFFIX
 from opd.train.sft import assistant_token_loss, collate, encode_chat, grouped_by_length
 from opd.train.trainer import (Checkpoint, RunLog, load_torch_state, lr_at, rng_state,
                                run_identity, save_torch_state, set_lr, set_rng_state)
-from opd.tiny.problems import FRAME_POOLS, SCENARIOS, render, sample_problem, solution
+from opd.tiny.problems import (FRAME_POOLS, SCENARIOS, doubled_triples, render, sample_problem,
+                               solution)
 
 WRAPPERS = {"default": ("", EVAL_SUFFIX), "none": ("", ""), "dapo": (DAPO_PREFIX, DAPO_SUFFIX)}
 LR_FLOOR = 0.1  # the cosine decays to 10% of the peak rate
@@ -57,6 +59,7 @@ class Recipe:
     difficulty: list[int]
     ops: list[str]
     steps: int
+    triple_right: float
     batch_size: int
     lr: float
     warmup_ratio: float
@@ -91,6 +94,7 @@ class ExampleStream:
         self.rng = random.Random(seed)
         self.levels = list(range(recipe.difficulty[0], recipe.difficulty[1] + 1))
         self.ops = tuple(recipe.ops)
+        self.triple_right = recipe.triple_right
         self.heldout = heldout
         # (prefix, suffix, pattern) per wrapper: a wrapper may be answered in its own pattern
         self.wrappers = [(*WRAPPERS[w["name"]], w["pattern"] or recipe.pattern)
@@ -100,12 +104,18 @@ class ExampleStream:
     def __next__(self) -> tuple[str, str]:
         while True:
             p = sample_problem(self.rng, self.rng.choice(self.levels), self.ops)
-            if (p.start, p.ops) not in self.heldout:
-                break
+            if (p.start, p.ops) in self.heldout:
+                continue
+            values = None  # the right values; rng draws only where a *3 step may be doubled
+            if self.triple_right < 1 and p.triples:
+                values = doubled_triples(p, self.rng, self.triple_right)
+                if values is None:
+                    continue
+            break
         pool = self.rng.choice(list(FRAME_POOLS))
         text = render(p, self.rng.choice(SCENARIOS[pool]), self.rng.choice(FRAME_POOLS[pool]))
         pre, post, pattern = self.rng.choices(self.wrappers, self.weights)[0]
-        return pre + text + post, solution(p, pattern)
+        return pre + text + post, solution(p, pattern, values)
 
 
 def bucketed(stream: ExampleStream, batch_size: int, rng: random.Random,
