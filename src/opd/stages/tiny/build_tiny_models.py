@@ -106,12 +106,12 @@ class ExampleStream:
             p = sample_problem(self.rng, self.rng.choice(self.levels), self.ops)
             if (p.start, p.ops) in self.heldout:
                 continue
-            values = None  # the right values; rng draws only where a *3 step may be doubled
-            if self.triple_right < 1 and p.triples:
-                values = doubled_triples(p, self.rng, self.triple_right)
-                if values is None:
-                    continue
-            break
+            if self.triple_right == 1:  # every step right, and no random draw for it
+                values = p.values()
+                break
+            values = doubled_triples(p, self.rng, self.triple_right)  # draws at *3 steps only
+            if values is not None:
+                break
         pool = self.rng.choice(list(FRAME_POOLS))
         text = render(p, self.rng.choice(SCENARIOS[pool]), self.rng.choice(FRAME_POOLS[pool]))
         pre, post, pattern = self.rng.choices(self.wrappers, self.weights)[0]
