@@ -113,10 +113,9 @@ def doubled_triples(problem: Problem, rng: random.Random, right_share: float
     """Running values of ``problem`` where each ``*3`` step is solved right with probability
     ``right_share`` and otherwise doubled (``x * 3 = 2x``, the later steps continuing from the
     wrong value); None when a later value leaves [0, MAX_VALUE]."""
-    out = [problem.start]
-    for op, b in problem.ops:
-        wrong = (op, b) == ("*", 3) and rng.random() >= right_share
-        out.append(_apply(out[-1], op, 2 if wrong else b))
+    written = tuple(("*", 2) if step == ("*", 3) and rng.random() >= right_share else step
+                    for step in problem.ops)
+    out = Problem(problem.start, written).values()
     return out if all(0 <= v <= MAX_VALUE for v in out) else None
 
 
