@@ -14,6 +14,11 @@ from conftest import run_snakemake
 pytestmark = pytest.mark.slow
 
 
+def read_claims(run) -> dict:
+    """The run's ``results/tables/claims.json``: its seeds and every claim with its verdict."""
+    return json.loads((run / "results/tables/claims.json").read_text())
+
+
 def test_every_model_has_a_card_and_the_table_exists(finished_run):
     cfg_models = ["base", "student", "teacher_strong", "teacher_long", "teacher_nonew",
                   "teacher_mismatch", "teacher_large", "teacher_template"]
@@ -68,7 +73,7 @@ def test_group_tables_figures_and_claims(finished_run):
     for exp in ("strong_topk", "long_teacher"):
         assert (finished_run / f"results/figures/long_horizon_{exp}.png").exists()
     summary = (finished_run / "results/tables/README.md").read_text()
-    claims = json.loads((finished_run / "results/tables/claims.json").read_text())
+    claims = read_claims(finished_run)
     seeds = claims["seeds"]
     lines = [ln for ln in summary.splitlines() if ln.startswith("| [")]
     assert len(lines) == len(claims["claims"]) >= 10
@@ -129,8 +134,7 @@ def test_prompt_sets_for_the_prompt_group(finished_run):
 
 def test_opd_runs_log_every_step(finished_run):
     runs = sorted((finished_run / "results/opd/strong_teacher").glob("seed*"))
-    assert len(runs) == len(json.loads((finished_run / "results/tables/claims.json")
-                                       .read_text())["seeds"])
+    assert len(runs) == len(read_claims(finished_run)["seeds"])
     experiments = yaml.safe_load((finished_run / "config/config.yaml").read_text())["experiments"]
     for exp in ("strong_teacher", "mismatched_teacher"):
         steps = experiments[exp]["steps"]
@@ -156,7 +160,7 @@ def test_mismatched_teacher_fails_while_compatible_teacher_stays_aligned(finishe
     # and their differences are claims of the tables (results/tables/README.md), judged over
     # seeds with their intervals.
     table = pd.read_csv(finished_run / "results/tables/thinking_pattern.csv")
-    seeds = json.loads((finished_run / "results/tables/claims.json").read_text())["seeds"]
+    seeds = read_claims(finished_run)["seeds"]
     for seed in [f"seed{s}" for s in seeds]:   # the seeds the tables were made from
         strong, mismatched = run("strong_teacher", seed), run("mismatched_teacher", seed)
         # the paper's successful runs hold 97-99% of the mass on shared tokens
