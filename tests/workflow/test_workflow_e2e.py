@@ -84,8 +84,8 @@ def test_group_tables_figures_and_claims(finished_run):
     # the robust findings hold with their intervals: the mechanism, and the outcomes whose
     # per-seed differences are several times their spread (a mismatched teacher collapses the
     # student; the cold start keeps it). Each one held on seeds 0-2 and 3-5 in the tiny worlds
-    # of three machines (a CPU's arithmetic changes the built models; see the README), and in
-    # the two worlds of a fourth built with the student that triples now and then
+    # of three machines (a CPU's arithmetic changes the built models; see docs/tiny-world.md),
+    # and in the two worlds of a fourth built with the student that triples now and then
     assert verdicts["the compatible teacher starts with higher overlap"] == "holds"
     assert verdicts["a successful run ends with shared mass >= 0.9"] == "holds"
     assert verdicts["the compatible teacher gives the better student"] == "holds"
