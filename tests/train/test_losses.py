@@ -77,7 +77,8 @@ def naive(student, teacher, tokens, mask, variant, support="student", weighting=
 
 def naive_metrics(student, teacher, mask, k=K):
     """The official trainer's mechanism metrics (ray_trainer.py, student support, student_p
-    weights), one position and one token at a time: pooled metrics sum over every
+    weights) and our shared mass where the two argmaxes differ, one position and one token at
+    a time: pooled metrics sum over every
     (position, token) entry, the others average over the positions where they are defined."""
     sums = {m: 0.0 for m in METRICS}
     counts = {m: 0 for m in METRICS}
@@ -123,6 +124,8 @@ def naive_metrics(student, teacher, mask, k=K):
             add("advantage_at_max_teacher", adv[top_q])
         if outer:
             add("nonoverlap_logratio", sum(lq[v] - lp[v] for v in outer) / len(outer))
+        if s_top[0] != t_top[0]:                                     # ours: argmaxes differ
+            add("shared_mass_at_disagreement", sum(p[v] for v in inter))
     return {m: sums[m] / counts[m] if counts[m] else float("nan") for m in METRICS}
 
 
@@ -196,6 +199,19 @@ def test_metrics_match_reference(batch):
     assert metrics["weights"]["reverse_kl"] == mask.sum()
     assert metrics["weights"]["overlap_advantage"] == pytest.approx(
         metrics["overlap_ratio"] * K * float(mask.sum()))
+
+
+def test_shared_mass_at_disagreement_sees_only_positions_whose_top_tokens_differ():
+    """Hand-made logits, k 2. Position 0: the student's top token (0) is one the teacher's
+    top-2 (1, 2) lacks, so the intersection {1} holds only the student's p(1). Position 1: both
+    put token 3 first, so the position does not count."""
+    student = torch.tensor([[[4.0, 2.0, 0.0, -1.0], [0.0, 1.0, 0.0, 5.0]]])
+    teacher = torch.tensor([[[-6.0, 3.0, 2.0, 0.0], [0.0, 2.0, 0.0, 6.0]]])
+    _, metrics = opd_loss(student, teacher, torch.zeros(1, 2, dtype=torch.long),
+                          torch.ones(1, 2), variant="topk", top_k=2)
+    p = torch.softmax(student[0, 0], -1)
+    assert metrics["shared_mass_at_disagreement"] == pytest.approx(p[1].item(), abs=1e-6)
+    assert metrics["weights"]["shared_mass_at_disagreement"] == 1
 
 
 def test_identical_models_overlap_fully(batch):

@@ -44,7 +44,8 @@ METRICS = ("overlap_ratio", "overlap_advantage", "nonoverlap_advantage", "overla
            "nonoverlap_logratio", "entropy_student", "entropy_teacher", "entropy_gap",
            "shared_mass_student", "shared_mass_teacher", "max_student_p_intersection",
            "teacher_p_at_max_student", "advantage_at_max_student", "max_teacher_p_intersection",
-           "student_p_at_max_teacher", "advantage_at_max_teacher", "reverse_kl")
+           "student_p_at_max_teacher", "advantage_at_max_teacher", "reverse_kl",
+           "shared_mass_at_disagreement")
 
 
 @dataclass
@@ -166,6 +167,11 @@ def _metrics(logp: torch.Tensor, logq: torch.Tensor, top_k: int
     token of the intersection: its p, q and A there; likewise from the teacher's side) are
     averaged over positions whose intersection is not empty. ``overlap_logratio`` and
     ``nonoverlap_logratio`` are the unweighted per-position means of log q - log p.
+
+    One metric is ours, not the official trainer's: ``shared_mass_at_disagreement``, the mass p
+    puts on the intersection (0 when it is empty) at the positions where the student's and the
+    teacher's most probable tokens differ. The mass it misses is what an objective on the
+    intersection alone never sees: a student token the teacher's top-k rules out.
     """
     top_s = logp.topk(top_k, dim=-1).indices
     top_t = logq.topk(top_k, dim=-1).indices
@@ -188,6 +194,7 @@ def _metrics(logp: torch.Tensor, logq: torch.Tensor, top_k: int
     neg = torch.tensor(-1.0, device=logp.device)
     max_s = torch.where(inter, p_s, neg).argmax(-1)                          # within top-k
     max_t = torch.where(inter, q_s, neg).argmax(-1)
+    disagree = top_s[..., 0] != top_t[..., 0]
     # vocabulary-wide sums as row dot products: one [B, C, V] temporary at a time
     p = logp.exp()
     p_logp, p_logq = _rowdot(p, logp), _rowdot(p, logq)
@@ -216,6 +223,7 @@ def _metrics(logp: torch.Tensor, logq: torch.Tensor, top_k: int
         "student_p_at_max_teacher": at(max_t, p_s),
         "advantage_at_max_teacher": at(max_t, adv),
         "reverse_kl": p_logp - p_logq,
+        "shared_mass_at_disagreement": torch.where(disagree, (p_s * interf).sum(-1), nan),
     }
     return values, {"overlap_advantage": n_in, "nonoverlap_advantage": n_out}
 

@@ -135,7 +135,8 @@ def diagnose(args: argparse.Namespace) -> dict[str, Any]:
     report["verdict"] = verdict
     report["verdict_line"] = (
         f"{verdict}: overlap {report['overlap_ratio']:.3f}, shared mass "
-        f"{report['shared_mass_student']:.3f}, reverse KL {report['reverse_kl']:.3f}, teacher "
+        f"{report['shared_mass_student']:.3f} ({report['shared_mass_at_disagreement']:.3f} where "
+        f"the top tokens differ), reverse KL {report['reverse_kl']:.3f}, teacher "
         f"solves {0 if new_cap is None else new_cap:.2f} of the student's unsolved prompts")
     return report
 

@@ -31,7 +31,8 @@ PANELS = [("accuracy", "rollout accuracy"), ("overlap_ratio", "top-k overlap rat
           ("entropy_gap", "entropy gap (teacher - student)"),
           ("shared_mass_student", "shared mass (student)"),
           ("teacher_p_at_max_student", "teacher p at the student's top shared token"),
-          ("reverse_kl", "reverse KL")]
+          ("reverse_kl", "reverse KL"),
+          ("shared_mass_at_disagreement", "shared mass where the top tokens differ")]
 
 
 def smooth(values: list[float], width: int) -> list[float]:

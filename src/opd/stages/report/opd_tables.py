@@ -36,7 +36,7 @@ from opd.core.logging import read_jsonl
 
 NAN = float("nan")
 MECHANISM = ("overlap_ratio", "shared_mass_student", "entropy_gap", "overlap_advantage",
-             "teacher_p_at_max_student", "reverse_kl")
+             "teacher_p_at_max_student", "reverse_kl", "shared_mass_at_disagreement")
 # metrics compared by response position (the long-horizon claims)
 POSITIONAL = ("reverse_kl", "overlap_advantage")
 
@@ -179,7 +179,8 @@ def per_seed(c: dict[str, Any]) -> str:
 
 TABLE = [("overlap_ratio_initial", "overlap start"), ("overlap_ratio_final", "overlap end"),
          ("shared_mass_student_final", "shared mass end"), ("entropy_gap_final", "entropy gap end"),
-         ("reverse_kl_final", "reverse KL end")]
+         ("reverse_kl_final", "reverse KL end"),
+         ("shared_mass_at_disagreement_final", "shared mass where the argmaxes differ, end")]
 
 
 def group_markdown(title: str, description: str, rows: dict[str, dict[str, dict[str, Any]]],
