@@ -194,7 +194,8 @@ def _metrics(logp: torch.Tensor, logq: torch.Tensor, top_k: int
     neg = torch.tensor(-1.0, device=logp.device)
     max_s = torch.where(inter, p_s, neg).argmax(-1)                          # within top-k
     max_t = torch.where(inter, q_s, neg).argmax(-1)
-    disagree = top_s[..., 0] != top_t[..., 0]
+    disagree = top_s[..., 0] != top_t[..., 0]                                # argmaxes differ
+    shared_p = (p_s * interf).sum(-1)
     # vocabulary-wide sums as row dot products: one [B, C, V] temporary at a time
     p = logp.exp()
     p_logp, p_logq = _rowdot(p, logp), _rowdot(p, logq)
@@ -214,7 +215,7 @@ def _metrics(logp: torch.Tensor, logq: torch.Tensor, top_k: int
         "entropy_student": h_p,
         "entropy_teacher": h_q,
         "entropy_gap": h_q - h_p,
-        "shared_mass_student": on_inter((p_s * interf).sum(-1)),
+        "shared_mass_student": on_inter(shared_p),
         "shared_mass_teacher": on_inter((q_s * interf).sum(-1)),
         "max_student_p_intersection": at(max_s, p_s),
         "teacher_p_at_max_student": at(max_s, q_s),
@@ -223,7 +224,7 @@ def _metrics(logp: torch.Tensor, logq: torch.Tensor, top_k: int
         "student_p_at_max_teacher": at(max_t, p_s),
         "advantage_at_max_teacher": at(max_t, adv),
         "reverse_kl": p_logp - p_logq,
-        "shared_mass_at_disagreement": torch.where(disagree, (p_s * interf).sum(-1), nan),
+        "shared_mass_at_disagreement": torch.where(disagree, shared_p, nan),
     }
     return values, {"overlap_advantage": n_in, "nonoverlap_advantage": n_out}
 
