@@ -78,8 +78,8 @@ def naive(student, teacher, tokens, mask, variant, support="student", weighting=
 def naive_metrics(student, teacher, mask, k=K):
     """The official trainer's mechanism metrics (ray_trainer.py, student support, student_p
     weights) and our shared mass where the two argmaxes differ, one position and one token at
-    a time: pooled metrics sum over every
-    (position, token) entry, the others average over the positions where they are defined."""
+    a time: pooled metrics sum over every (position, token) entry, the others average over the
+    positions where they are defined."""
     sums = {m: 0.0 for m in METRICS}
     counts = {m: 0 for m in METRICS}
 
