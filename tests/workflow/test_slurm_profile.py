@@ -135,16 +135,32 @@ def test_a_job_that_cannot_fit_stops_the_dry_run(tmp_path):
     assert not (work / "results").exists()
 
 
-def test_every_tiny_job_runs_on_one_thread_whatever_the_cores(tmp_path):
-    """A model build's thread count changes how its sums round, and so the tiny models: the
-    tiny world runs every job on one thread, so a machine's core count cannot change it."""
+def test_every_tiny_job_runs_on_a_fixed_thread_count_whatever_the_cores(tmp_path):
+    """A model build's thread count can change how its sums round, and so the tiny models: a
+    build computes on its recipe's threads and every other tiny job on one, so a machine's
+    core count cannot change the world; the scheduler reserves a build's threads up to
+    --cores."""
     work = copy_workflow(tmp_path)
-    proc = run_snakemake(["-n", "-p", "--cores", "4"], work)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    builds = dict(re.findall(r"build_tiny_models .*?--out \S+/tiny/(\w+) .*?--threads (\d+)",
-                             proc.stdout))
     cfg = validate(yaml.safe_load((work / "config/config.yaml").read_text()))
-    assert set(builds) == set(cfg["tiny_models"]["models"])
-    threads = re.findall(r"--threads (\d+)", proc.stdout)
-    assert len(threads) > len(builds)   # the builds and every other model stage
-    assert set(threads) == {"1"}
+    recipes = cfg["tiny_models"]["models"]
+    assert {r["threads"] for r in recipes.values()} == {1, 2}   # the chain's builds take two
+    printed = {}
+    for cores in (4, 1):
+        proc = run_snakemake(["-n", "-p", "--cores", str(cores)], work)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        jobs = proc.stdout.split("\nrule ")   # a job's block: rule, its details, its command
+        builds = [j for j in jobs if j.startswith("build_tiny_models:")]
+        params = {}
+        for job in builds:
+            argv = shlex.split(re.search(r"python -m .*", job).group(0))
+            recipe = json.loads(argv[argv.index("--params") + 1])
+            name = re.search(r"--out \S+/tiny/(\w+)", job).group(1)
+            params[name] = recipe["threads"]
+            scheduled = re.search(r"^\s+threads: (\d+)$", job, re.M)   # printed when above 1
+            assert (int(scheduled.group(1)) if scheduled else 1) == min(recipe["threads"], cores)
+            assert "--threads" not in job
+        assert params == {name: r["threads"] for name, r in recipes.items()}
+        threads = re.findall(r"--threads (\d+)", proc.stdout)
+        assert threads and set(threads) == {"1"}   # every other model stage
+        printed[cores] = sorted(re.findall(r"python -m .*", proc.stdout))
+    assert printed[4] == printed[1]

@@ -63,14 +63,14 @@ rule build_tiny_models:
         log_path("build_tiny_models", "{model}"),
     benchmark:
         bench_path("build_tiny_models", "{model}")
-    threads: res("build_tiny_models", "threads")
+    threads: lambda w: tiny_recipe(w)["threads"]   # the build computes on the recipe's count
     resources:
         **rule_resources("build_tiny_models"),
     conda:
         "../../envs/cpu.yaml"
     shell:
         "python -m opd.stages.tiny.build_tiny_models --world {params.world:q} --tokenizer {input.tokenizer:q}"
-        " --out {output:q} --params {params.cfg:q} {params.init} --threads {threads}"
+        " --out {output:q} --params {params.cfg:q} {params.init}"
         " > {log:q} 2>&1"
 
 

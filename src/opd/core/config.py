@@ -198,6 +198,10 @@ def _check_references(config: dict[str, Any]) -> None:
         raise ConfigError(f"evaluation.template: unknown templates entry {evaluation['template']!r}")
     tiny = config.get("tiny_models", {})
     archs, models = tiny.get("archs", {}), tiny.get("models", {})
+    build = config.get("resources", {}).get("rules", {}).get("build_tiny_models", {})
+    if "threads" in build:
+        raise ConfigError("resources.rules.build_tiny_models.threads: a build's thread count is "
+                          "part of its recipe (tiny_models.models.<name>.threads)")
     for name, recipe in models.items():
         if recipe["arch"] not in archs:
             raise ConfigError(f"tiny_models.models.{name}.arch: unknown arch {recipe['arch']!r}"

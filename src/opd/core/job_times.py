@@ -72,8 +72,10 @@ def by_rule(jobs: list[JobTime]) -> list[RuleTime]:
 
 
 def lower_bound(jobs: list[JobTime], cores: int) -> float:
-    """The least wall time ``jobs`` could take on ``cores`` cores with one thread each: all
-    cores busy all the time, and never less than the longest job."""
+    """The least wall time ``jobs`` could take on ``cores`` cores, each job on one core: all
+    cores busy all the time, and never less than the longest job. A job that held several
+    cores (a tiny build on two threads) counts its wall seconds once, so with such jobs the
+    true least is somewhat higher."""
     if cores < 1:
         raise ValueError(f"cores must be at least 1, got {cores}")
     return max(sum(j.seconds for j in jobs) / cores, max((j.seconds for j in jobs), default=0.0))
@@ -91,7 +93,8 @@ def markdown(jobs: list[JobTime], cores: int, wall_seconds: float | None = None)
     bound = lower_bound(jobs, cores)
     out.append("")
     out.append(f"Job-seconds over {cores} cores: {bound / 60:.1f} min, the least this run's "
-               "jobs could take at their measured speed.")
+               "jobs could take at their measured speed (a job on several threads counted "
+               "once).")
     if wall_seconds is not None:
         out.append(f"Measured wall time: {wall_seconds / 60:.1f} min, of which "
                    f"{max(wall_seconds * cores - total, 0.0) / 60:.1f} core-minutes ran no job "

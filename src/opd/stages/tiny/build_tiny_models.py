@@ -10,7 +10,9 @@ world's problem generator, never using a held-out (benchmark or probe) problem. 
 covers assistant tokens only, and only their positions get logits. The run uses the training
 core: warm-up + cosine to 10% of the peak rate, a JSONL log (copied into the model directory
 as ``train_log.jsonl``) and checkpoints in ``<out>.partial/`` from which a killed build
-resumes exactly.
+resumes exactly. The build computes on the recipe's ``threads``, whatever the machine's core
+count: on some CPUs another thread count rounds a few sums differently and so builds another
+model.
 
     python -m opd.stages.tiny.build_tiny_models --world W --tokenizer T --out results/models/tiny/NAME \
         --params '{"arch": {...}, "pattern": "chain", ...}' [--init results/models/tiny/BASE]
@@ -64,6 +66,7 @@ class Recipe:
     lr: float
     warmup_ratio: float
     checkpoint_every: int
+    threads: int
     seed: int
     role: str
     wrappers: list[dict[str, Any]]
@@ -238,10 +241,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--tokenizer", type=Path, required=True)
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--init", type=Path, default=None, help="model directory to continue from")
-    args = parse_stage_args(ap, argv, threads=1, params_help="model recipe as JSON")
+    args = parse_stage_args(ap, argv, params_help="model recipe as JSON")
+    recipe = typed(Recipe, args.params, "tiny_models.models")
+    if args.threads is not None and args.threads != recipe.threads:
+        raise SystemExit(f"--threads {args.threads} differs from the recipe's threads "
+                         f"({recipe.threads}), which decide the build's arithmetic")
+    torch.set_num_threads(recipe.threads)
     tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
     heldout = heldout_problems(args.world)
-    recipe = typed(Recipe, args.params, "tiny_models.models")
     work = args.out.with_name(args.out.name + ".partial")
     identity = run_identity(args.params, {"init": args.init, "tokenizer": args.tokenizer,
                                           "heldout": args.world / "heldout.json"})
