@@ -1,10 +1,14 @@
-"""Benchmark: a tiny-model build's training steps with logits at assistant positions only.
+"""Benchmark: a tiny-model build's training steps with logits at assistant positions only,
+and on one thread against two.
 
 The first ``--steps`` steps of a built model's own recipe (default ``student``, from the
 built ``base``, one thread), once with ``opd.train.sft.assistant_token_loss`` (the builder's
 loss: LM head and softmax only where a label is predicted) and once with the model's own
 ``model(**batch).loss`` (logits at every position), the two sides alternating ``--rounds``
-times. Both sides see the same seeded batches; their loss logs must agree to 1e-4.
+times. Both sides see the same seeded batches; their loss logs must agree to 1e-4. Then the
+builder's loss on one thread against two, alternating likewise, and whether the two build
+the same weights bit for bit (on some CPUs another thread count rounds a few sums
+differently; recipes set a build's ``threads``).
 
     python benchmarks/build_step.py [--model student] [--steps 120] [--rounds 4]
 
@@ -33,15 +37,34 @@ SIDES = {"assistant positions": assistant_token_loss,
 
 
 def run_side(loss_fn, recipe, tok, heldout, init: Path | None, work: Path
-             ) -> tuple[float, list[float]]:
-    """Seconds for the recipe's steps with ``loss_fn`` as the builder's loss, and the losses."""
+             ) -> tuple[float, list[float], dict[str, torch.Tensor]]:
+    """Seconds for the recipe's steps with ``loss_fn`` as the builder's loss, the losses and
+    the trained weights."""
     shutil.rmtree(work, ignore_errors=True)
     t0 = time.perf_counter()
-    builder.train(recipe, tok, heldout, init, work, {"benchmark": work.name}, loss_fn)
+    model, _ = builder.train(recipe, tok, heldout, init, work, {"benchmark": work.name}, loss_fn)
     seconds = time.perf_counter() - t0
     lines = [json.loads(line) for line in (work / "train_log.jsonl").open() if line.strip()]
     losses = [line["loss"] for line in lines if "loss" in line]
-    return seconds, losses
+    return seconds, losses, model.state_dict()
+
+
+def thread_counts(recipe, tok, heldout, init: Path | None, tmp: Path, rounds: int
+                  ) -> tuple[dict[int, list[float]], bool]:
+    """The builder's steps on one thread and on two, alternating: seconds per round, and
+    whether the two build bit-identical weights."""
+    times: dict[int, list[float]] = {1: [], 2: []}
+    weights: dict[int, dict[str, torch.Tensor]] = {}
+    for r in range(rounds):
+        for threads in times:
+            torch.set_num_threads(threads)
+            seconds, _, weights[threads] = run_side(assistant_token_loss, recipe, tok, heldout,
+                                                    init, tmp / f"threads{threads}")
+            times[threads].append(seconds)
+            print(f"round {r}: {threads} thread(s): {seconds:.1f} s", flush=True)
+    torch.set_num_threads(1)
+    same = all(torch.equal(weights[1][k], weights[2][k]) for k in weights[1])
+    return times, same
 
 
 def main() -> None:
@@ -70,19 +93,25 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(args.rounds):
             for i, (side, fn) in enumerate(SIDES.items()):
-                seconds, logs[side] = run_side(fn, recipe, tok, heldout, init,
-                                               Path(tmp) / f"side{i}")
+                seconds, logs[side], _ = run_side(fn, recipe, tok, heldout, init,
+                                                  Path(tmp) / f"side{i}")
                 times[side].append(seconds)
                 print(f"round {r}: {side}: {seconds:.1f} s", flush=True)
+        by_threads, same_weights = thread_counts(recipe, tok, heldout, init, Path(tmp),
+                                                 args.rounds)
     ours, own = (logs[s] for s in SIDES)
     worst = max(abs(a - b) for a, b in zip(ours, own))
     if len(ours) != len(own) or worst > 1e-4:
         raise SystemExit(f"the two losses disagree: largest difference {worst:.2e}")
     medians = {side: statistics.median(t) for side, t in times.items()}
     saved = 1 - medians["assistant positions"] / medians["every position (model's own loss)"]
+    thread_medians = {t: statistics.median(v) for t, v in by_threads.items()}
     result = {"model": args.model, "steps": args.steps, "rounds": args.rounds, "threads": 1,
               "seconds": times, "median_seconds": medians, "time_saved": saved,
-              "largest_loss_difference": worst}
+              "largest_loss_difference": worst,
+              "by_threads": {"seconds": by_threads, "median_seconds": thread_medians,
+                             "speedup_two_threads": thread_medians[1] / thread_medians[2],
+                             "same_weights": same_weights}}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "build_step.json").write_text(json.dumps(result, indent=2) + "\n")
     rows = [f"| {side} | {medians[side]:.1f} | {medians[side] / args.steps * 1000:.0f} | "
@@ -92,7 +121,15 @@ def main() -> None:
         f"the two sides alternating {args.rounds} times on the same batches.", "",
         "| builder loss, logits at | median s | ms per step | every round s |",
         "|---|---|---|---|", *rows, "",
-        f"Time saved: {saved:.0%}. The two losses' logs differ by at most {worst:.1e}."]) + "\n")
+        f"Time saved: {saved:.0%}. The two losses' logs differ by at most {worst:.1e}.", "",
+        f"The same steps with the builder's loss on one thread and on two, alternating "
+        f"{args.rounds} times:", "",
+        "| threads | median s | every round s |", "|---|---|---|",
+        *[f"| {t} | {thread_medians[t]:.1f} | {', '.join(f'{x:.1f}' for x in v)} |"
+          for t, v in by_threads.items()], "",
+        f"Two threads: {thread_medians[1] / thread_medians[2]:.2f}x the speed of one; the "
+        f"weights they build are {'bit-identical' if same_weights else 'not bit-identical'} "
+        "on this machine."]) + "\n")
     print((args.out / "build_step.md").read_text())
 
 
